@@ -1,0 +1,94 @@
+// The jobs and submissions the scheduler tracks: plain data, so they can be persisted as JSON.
+
+/** Where a job is in its life. Terminal: built, substituted, failed, dependency-failed. */
+export type JobState =
+  | 'waiting' // some input derivation is not built yet
+  | 'ready' // in the deque, may be built or stolen
+  | 'leased' // granted to a worker (this node or a peer) under a lease
+  | 'importing' // built elsewhere; the owner is fetching the outputs
+  | 'built'
+  | 'substituted' // already valid or available from a cache when submitted
+  | 'failed'
+  | 'dependency-failed'
+
+export const TERMINAL_STATES: ReadonlySet<JobState> = new Set(['built', 'substituted', 'failed', 'dependency-failed'])
+
+/** Nix's failure classes, from `nix-store --realise` exit codes, plus the mesh's own. */
+export type FailureKind =
+  | 'build-failed' // 100: the builder failed; permanent
+  | 'timed-out' // 101: timeout or max-silent-time; permanent
+  | 'hash-mismatch' // 102: fixed-output hash mismatch; permanent
+  | 'not-deterministic' // 104: --check found a difference; permanent
+  | 'transient' // anything else: lost peer, fetch error, Nix crashed; retried elsewhere
+
+export const PERMANENT_FAILURES: ReadonlySet<FailureKind> = new Set(['build-failed', 'timed-out', 'hash-mismatch', 'not-deterministic'])
+
+export interface Failure {
+  kind: FailureKind
+  message: string
+  /** Last lines of the build log, when there was a build. */
+  logTail?: string[]
+}
+
+/** What the owner knows of one derivation to build. */
+export interface JobSpec {
+  drvPath: string
+  /** Output name -> store path. */
+  outputs: Record<string, string>
+  /** Input derivations that are jobs of the same owner (the others were already available). */
+  inputJobs: string[]
+  system: string
+  requiredFeatures: string[]
+}
+
+export interface Job extends JobSpec {
+  state: JobState
+  priority: number
+  /** Longest chain of jobs from this one to a requested output, itself included. */
+  criticalPath: number
+  timeout?: number
+  maxSilentTime?: number
+  /** Peer id holding the lease, while leased or importing. */
+  worker?: string
+  leaseExpires?: number
+  /** Times the job went back to the deque after a transient failure or a lapsed lease. */
+  attempts: number
+  builtBy?: string
+  failure?: Failure
+  /** Submissions that asked for this job (directly or as a dependency). */
+  submissions: string[]
+}
+
+export interface SubmissionSpec {
+  id: string
+  /** The derivations the user listed, in their order. */
+  requested: string[]
+  /** Jobs to build, dependencies included, not yet available anywhere. */
+  jobs: JobSpec[]
+  /** Requested or needed derivations whose outputs were already available. */
+  substituted: JobSpec[]
+  priority: number
+  timeout?: number
+  maxSilentTime?: number
+  submittedAt: number
+}
+
+export interface Submission {
+  id: string
+  requested: string[]
+  /** Every derivation of the submission, jobs and substituted ones. */
+  drvPaths: string[]
+  priority: number
+  submittedAt: number
+}
+
+/** A job as a worker holds it: what it needs to build and whom to answer. */
+export interface WorkItem {
+  owner: string
+  drvPath: string
+  outputs: Record<string, string>
+  system: string
+  requiredFeatures: string[]
+  timeout?: number
+  maxSilentTime?: number
+}

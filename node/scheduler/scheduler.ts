@@ -1,0 +1,539 @@
+// The scheduler: a pure state machine. Events come in (a submission, a peer's capacity, a steal
+// request, a finished build, a clock tick), decisions go out (build this, ask that peer for work,
+// grant these jobs, fetch those outputs). It reads no clock, opens no socket and runs no Nix:
+// the node (node/mesh/) and the simulator drive the same code.
+//
+// One node plays two roles here:
+// - owner of its submissions' jobs: keeps the DAG, the ready deque, the leases;
+// - worker: runs builds in its slots, its own jobs first, then jobs stolen from peers.
+import { canBuild, requirementsKey, type MachineCapabilities } from './matching.ts'
+import { criticalPaths } from './critical-path.ts'
+import { seededRandom } from './random.ts'
+import {
+  PERMANENT_FAILURES, TERMINAL_STATES,
+  type Failure, type Job, type JobState, type Submission, type SubmissionSpec, type WorkItem
+} from './job.ts'
+
+export interface SchedulerConfig {
+  selfId: string
+  capabilities: MachineCapabilities
+  maxJobs: number
+  speedFactor: number
+  /** How long a lease lasts without renewal. Workers renew every third of it. */
+  leaseMs: number
+  /** Transient failures (lapsed lease, lost peer, fetch error) before a job fails for good. */
+  maxAttempts: number
+  /** After an empty steal reply, leave that peer alone this long. */
+  stealBackoffMs: number
+  seed: number
+}
+
+export const SCHEDULER_DEFAULTS = {
+  leaseMs: 20_000,
+  maxAttempts: 3,
+  stealBackoffMs: 2_000
+} as const
+
+/** Ready work a peer advertises, grouped by what it needs. */
+export interface OfferEntry {
+  system: string
+  requiredFeatures: string[]
+  count: number
+}
+
+/** What the scheduler knows of a peer, from its beacons and offers. */
+export interface PeerView {
+  peerId: string
+  capabilities: MachineCapabilities
+  maxJobs: number
+  running: number
+  queued: number
+  speedFactor: number
+  offers: OfferEntry[]
+}
+
+export type BuildOutcome =
+  | { ok: true, outputs: Record<string, string> }
+  | { ok: false, failure: Failure }
+
+export type SchedulerEvent =
+  | { type: 'submit', submission: SubmissionSpec }
+  | { type: 'restore', submissions: Submission[], jobs: Job[] }
+  | { type: 'tick' }
+  | { type: 'peer-seen', peer: PeerView }
+  | { type: 'peer-lost', peerId: string }
+  | { type: 'disk', low: boolean }
+  // owner side
+  | { type: 'steal-request', requestId: string, from: string, capabilities: MachineCapabilities, want: number }
+  | { type: 'lease-renew', requestId: string, from: string, drvPaths: string[] }
+  | { type: 'result', from: string, drvPath: string, outcome: BuildOutcome }
+  | { type: 'import-finished', from: string, drvPath: string, error?: string }
+  // worker side
+  | { type: 'steal-reply', from: string, items: WorkItem[] }
+  | { type: 'steal-failed', from: string, error: string }
+  | { type: 'lease-lost', owner: string, drvPaths: string[] }
+  | { type: 'build-finished', owner: string, drvPath: string, outcome: BuildOutcome }
+
+export type Decision =
+  | { type: 'build', item: WorkItem }
+  | { type: 'abort', owner: string, drvPath: string }
+  | { type: 'steal', from: string, want: number }
+  | { type: 'grant', requestId: string, to: string, items: WorkItem[], leaseMs: number }
+  | { type: 'renew', owner: string, drvPaths: string[] }
+  | { type: 'renew-reply', requestId: string, to: string, lost: string[] }
+  | { type: 'report', owner: string, drvPath: string, outcome: BuildOutcome }
+  | { type: 'import', from: string, drvPath: string, outputs: Record<string, string> }
+  | { type: 'job-changed', job: Job }
+  | { type: 'submission-finished', id: string, ok: boolean }
+
+interface Running {
+  item: WorkItem
+  lastRenew: number
+}
+
+const SUCCESS: ReadonlySet<JobState> = new Set(['built', 'substituted'])
+
+export class Scheduler {
+  readonly config: SchedulerConfig
+  private now = 0
+  private readonly random: () => number
+  private readonly jobs = new Map<string, Job>()
+  private readonly submissions = new Map<string, Submission>()
+  private readonly finished = new Set<string>()
+  private readonly running = new Map<string, Running>()
+  private readonly peers = new Map<string, PeerView>()
+  private readonly stealBackoff = new Map<string, number>()
+  private pendingSteal: { from: string, want: number } | undefined
+  private diskLow = false
+  private out: Decision[] = []
+
+  constructor (config: SchedulerConfig) {
+    this.config = config
+    this.random = seededRandom(config.seed)
+  }
+
+  /** Feeds one event at time `now` (ms); returns what the node must do. */
+  handle (event: SchedulerEvent, now: number): Decision[] {
+    this.now = Math.max(this.now, now)
+    this.out = []
+    switch (event.type) {
+      case 'submit': this.onSubmit(event.submission); break
+      case 'restore': this.onRestore(event.submissions, event.jobs); break
+      case 'tick': this.onTick(); break
+      case 'peer-seen': this.peers.set(event.peer.peerId, event.peer); break
+      case 'peer-lost': this.onPeerLost(event.peerId); break
+      case 'disk': this.diskLow = event.low; break
+      case 'steal-request': this.onStealRequest(event.requestId, event.from, event.capabilities, event.want); break
+      case 'lease-renew': this.onLeaseRenew(event.requestId, event.from, event.drvPaths); break
+      case 'result': this.onResult(event.from, event.drvPath, event.outcome); break
+      case 'import-finished': this.onImportFinished(event.from, event.drvPath, event.error); break
+      case 'steal-reply': this.onStealReply(event.from, event.items); break
+      case 'steal-failed': this.onStealFailed(event.from); break
+      case 'lease-lost': this.onLeaseLost(event.owner, event.drvPaths); break
+      case 'build-finished': this.onBuildFinished(event.owner, event.drvPath, event.outcome); break
+    }
+    this.schedule()
+    return this.out
+  }
+
+  // --- queries (for beacons, offers and status) ---------------------------------------------
+
+  job (drvPath: string): Job | undefined {
+    const j = this.jobs.get(drvPath)
+    return j === undefined ? undefined : { ...j }
+  }
+
+  submission (id: string): Submission | undefined {
+    return this.submissions.get(id)
+  }
+
+  submissionIds (): string[] {
+    return [...this.submissions.keys()]
+  }
+
+  /** Jobs of a submission, in the order they were recorded. */
+  submissionJobs (id: string): Job[] {
+    const s = this.submissions.get(id)
+    if (s === undefined) return []
+    return s.drvPaths.map(p => this.jobs.get(p)).filter((j): j is Job => j !== undefined).map(j => ({ ...j }))
+  }
+
+  isFinished (id: string): boolean {
+    return this.finished.has(id)
+  }
+
+  /** Builds running in this node's slots: its own jobs and stolen ones. */
+  runningItems (): WorkItem[] {
+    return [...this.running.values()].map(r => r.item)
+  }
+
+  /** Ready jobs this node holds. */
+  queuedCount (): number {
+    let n = 0
+    for (const j of this.jobs.values()) if (j.state === 'ready') n++
+    return n
+  }
+
+  /** Ready jobs it will not start now, grouped for the offer gossip; empty when there are none. */
+  offer (): OfferEntry[] {
+    const groups = new Map<string, OfferEntry>()
+    for (const j of this.jobs.values()) {
+      if (j.state !== 'ready') continue
+      const key = requirementsKey(j)
+      const g = groups.get(key)
+      if (g === undefined) groups.set(key, { system: j.system, requiredFeatures: [...j.requiredFeatures].sort(), count: 1 })
+      else g.count++
+    }
+    return [...groups.values()]
+  }
+
+  // --- owner side ------------------------------------------------------------------------
+
+  private onSubmit (spec: SubmissionSpec): void {
+    const paths = criticalPaths(spec.jobs)
+    const drvPaths: string[] = []
+    for (const s of spec.substituted) {
+      drvPaths.push(s.drvPath)
+      const existing = this.jobs.get(s.drvPath)
+      if (existing !== undefined && !TERMINAL_STATES.has(existing.state)) continue
+      const job: Job = {
+        ...s, state: 'substituted', priority: spec.priority, criticalPath: 0, attempts: 0,
+        submissions: [...new Set([...(existing?.submissions ?? []), spec.id])]
+      }
+      this.jobs.set(job.drvPath, job)
+    }
+    for (const s of spec.jobs) {
+      drvPaths.push(s.drvPath)
+      const existing = this.jobs.get(s.drvPath)
+      const criticalPath = paths.get(s.drvPath) ?? 1
+      if (existing !== undefined && !TERMINAL_STATES.has(existing.state)) {
+        // Shared with a running submission: the more urgent one decides.
+        existing.priority = Math.min(existing.priority, spec.priority)
+        existing.criticalPath = Math.max(existing.criticalPath, criticalPath)
+        if (!existing.submissions.includes(spec.id)) existing.submissions.push(spec.id)
+        this.changed(existing)
+        continue
+      }
+      if (existing !== undefined && SUCCESS.has(existing.state)) {
+        if (!existing.submissions.includes(spec.id)) existing.submissions.push(spec.id)
+        continue
+      }
+      // New, or failed before: a new submission tries it again.
+      const job: Job = {
+        ...s,
+        state: 'waiting',
+        priority: spec.priority,
+        criticalPath,
+        timeout: spec.timeout,
+        maxSilentTime: spec.maxSilentTime,
+        attempts: 0,
+        submissions: [...new Set([...(existing?.submissions ?? []), spec.id])]
+      }
+      this.jobs.set(job.drvPath, job)
+    }
+    this.submissions.set(spec.id, {
+      id: spec.id, requested: spec.requested, drvPaths: [...new Set(drvPaths)], priority: spec.priority, submittedAt: spec.submittedAt
+    })
+    // Readiness after all jobs exist, so inputs listed later in the spec are seen.
+    for (const p of drvPaths) {
+      const job = this.jobs.get(p)
+      if (job?.state === 'waiting') this.updateReadiness(job)
+      else if (job !== undefined && job.submissions.includes(spec.id)) this.changed(job)
+    }
+    this.checkSubmission(spec.id)
+  }
+
+  private onRestore (submissions: Submission[], jobs: Job[]): void {
+    for (const j of jobs) {
+      const job = { ...j }
+      if (job.state === 'leased' && job.worker === this.config.selfId) {
+        // Our own build died with the previous process.
+        job.state = 'ready'
+        delete job.worker
+        delete job.leaseExpires
+      } else if (job.state === 'leased' || job.state === 'importing') {
+        // A peer may still be building it or serving its outputs: give it a fresh lease to renew.
+        job.state = 'leased'
+        job.leaseExpires = this.now + this.config.leaseMs
+      }
+      this.jobs.set(job.drvPath, job)
+    }
+    for (const s of submissions) this.submissions.set(s.id, s)
+    for (const j of this.jobs.values()) if (j.state === 'waiting') this.updateReadiness(j)
+    for (const s of submissions) this.checkSubmission(s.id)
+  }
+
+  private onStealRequest (requestId: string, from: string, capabilities: MachineCapabilities, want: number): void {
+    const candidates = [...this.jobs.values()].filter(j => j.state === 'ready' && canBuild(capabilities, j))
+    // Priority first; then jobs whose inputs the thief built (it holds them already); then the
+    // longest remaining path.
+    const affinity = (j: Job): number => j.inputJobs.filter(i => this.jobs.get(i)?.builtBy === from).length
+    candidates.sort((a, b) => a.priority - b.priority || affinity(b) - affinity(a) || b.criticalPath - a.criticalPath)
+    const granted = candidates.slice(0, Math.max(0, Math.min(want, 64)))
+    for (const job of granted) {
+      job.state = 'leased'
+      job.worker = from
+      job.leaseExpires = this.now + this.config.leaseMs
+      this.changed(job)
+    }
+    this.out.push({ type: 'grant', requestId, to: from, items: granted.map(j => this.workItem(j)), leaseMs: this.config.leaseMs })
+  }
+
+  private onLeaseRenew (requestId: string, from: string, drvPaths: string[]): void {
+    const lost: string[] = []
+    for (const p of drvPaths) {
+      const job = this.jobs.get(p)
+      if (job?.state === 'leased' && job.worker === from) {
+        job.leaseExpires = this.now + this.config.leaseMs
+      } else {
+        lost.push(p)
+      }
+    }
+    this.out.push({ type: 'renew-reply', requestId, to: from, lost })
+  }
+
+  private onResult (from: string, drvPath: string, outcome: BuildOutcome): void {
+    const job = this.jobs.get(drvPath)
+    // A result for a job that is done or already being imported lost the race: the first
+    // completed result wins, the other is dropped quietly (both built the same output paths).
+    if (job === undefined || TERMINAL_STATES.has(job.state) || job.state === 'importing') return
+    if (outcome.ok) {
+      job.state = 'importing'
+      job.worker = from
+      delete job.leaseExpires
+      this.changed(job)
+      this.out.push({ type: 'import', from, drvPath, outputs: job.outputs })
+      return
+    }
+    // A failure from a worker whose lease lapsed says nothing about the current holder.
+    if (job.worker !== from) return
+    this.fail(job, outcome.failure)
+  }
+
+  private onImportFinished (from: string, drvPath: string, error: string | undefined): void {
+    const job = this.jobs.get(drvPath)
+    if (job?.state !== 'importing' || job.worker !== from) return
+    if (error !== undefined) {
+      this.fail(job, { kind: 'transient', message: `fetching outputs from ${from} failed: ${error}` })
+      return
+    }
+    this.succeed(job, from)
+  }
+
+  private onPeerLost (peerId: string): void {
+    this.peers.delete(peerId)
+    if (this.pendingSteal?.from === peerId) this.pendingSteal = undefined
+    // Jobs leased to it come back when their leases lapse (see onTick): a peer that merely
+    // dropped out of gossip may still be building.
+  }
+
+  // --- worker side -----------------------------------------------------------------------
+
+  private onStealReply (from: string, items: WorkItem[]): void {
+    if (this.pendingSteal?.from === from) this.pendingSteal = undefined
+    if (items.length === 0) {
+      this.stealBackoff.set(from, this.now + this.config.stealBackoffMs)
+      return
+    }
+    for (const item of items) {
+      this.running.set(runKey(item.owner, item.drvPath), { item, lastRenew: this.now })
+      this.out.push({ type: 'build', item })
+    }
+  }
+
+  private onStealFailed (from: string): void {
+    if (this.pendingSteal?.from === from) this.pendingSteal = undefined
+    this.stealBackoff.set(from, this.now + this.config.stealBackoffMs)
+  }
+
+  private onLeaseLost (owner: string, drvPaths: string[]): void {
+    for (const p of drvPaths) {
+      if (this.running.delete(runKey(owner, p))) this.out.push({ type: 'abort', owner, drvPath: p })
+    }
+  }
+
+  private onBuildFinished (owner: string, drvPath: string, outcome: BuildOutcome): void {
+    if (!this.running.delete(runKey(owner, drvPath))) return
+    if (owner !== this.config.selfId) {
+      this.out.push({ type: 'report', owner, drvPath, outcome })
+      return
+    }
+    const job = this.jobs.get(drvPath)
+    if (job === undefined || job.state !== 'leased' || job.worker !== this.config.selfId) return
+    if (outcome.ok) this.succeed(job, this.config.selfId)
+    else this.fail(job, outcome.failure)
+  }
+
+  // --- both --------------------------------------------------------------------------------
+
+  private onTick (): void {
+    for (const job of this.jobs.values()) {
+      if (job.state === 'leased' && job.worker !== this.config.selfId && (job.leaseExpires ?? Infinity) <= this.now) {
+        this.fail(job, { kind: 'transient', message: `lease held by ${job.worker ?? '?'} lapsed` })
+      }
+    }
+    const due = new Map<string, string[]>()
+    for (const r of this.running.values()) {
+      if (r.item.owner === this.config.selfId) continue
+      if (this.now - r.lastRenew < this.config.leaseMs / 3) continue
+      r.lastRenew = this.now
+      const list = due.get(r.item.owner) ?? []
+      list.push(r.item.drvPath)
+      due.set(r.item.owner, list)
+    }
+    for (const [owner, drvPaths] of due) this.out.push({ type: 'renew', owner, drvPaths })
+  }
+
+  /** Fills free slots: own ready jobs first, then one steal request to the best victim. */
+  private schedule (): void {
+    if (this.diskLow) return
+    let free = this.config.maxJobs - this.running.size
+    if (free <= 0) return
+    const mine = [...this.jobs.values()]
+      .filter(j => j.state === 'ready' && canBuild(this.config.capabilities, j))
+      .sort((a, b) => a.priority - b.priority || b.criticalPath - a.criticalPath)
+    for (const job of mine) {
+      if (free <= 0) break
+      job.state = 'leased'
+      job.worker = this.config.selfId
+      delete job.leaseExpires
+      this.changed(job)
+      const item = this.workItem(job)
+      this.running.set(runKey(item.owner, item.drvPath), { item, lastRenew: this.now })
+      this.out.push({ type: 'build', item })
+      free--
+    }
+    if (free <= 0 || this.pendingSteal !== undefined) return
+    const victim = this.chooseVictim()
+    if (victim === undefined) return
+    this.pendingSteal = { from: victim, want: free }
+    this.out.push({ type: 'steal', from: victim, want: free })
+  }
+
+  /** The peer most loaded relative to its speed among those offering work we can build. */
+  private chooseVictim (): string | undefined {
+    let best: string[] = []
+    let bestScore = -Infinity
+    for (const peer of this.peers.values()) {
+      if (peer.peerId === this.config.selfId) continue
+      if ((this.stealBackoff.get(peer.peerId) ?? 0) > this.now) continue
+      if (!peer.offers.some(o => o.count > 0 && canBuild(this.config.capabilities, o))) continue
+      const score = peer.queued / Math.max(peer.speedFactor, 0.001)
+      if (score > bestScore) { bestScore = score; best = [peer.peerId] } else if (score === bestScore) best.push(peer.peerId)
+    }
+    if (best.length === 0) return undefined
+    best.sort()
+    return best[Math.floor(this.random() * best.length)]
+  }
+
+  private succeed (job: Job, builtBy: string): void {
+    job.state = 'built'
+    job.builtBy = builtBy
+    delete job.worker
+    delete job.leaseExpires
+    delete job.failure
+    this.changed(job)
+    for (const d of this.dependentsOf(job.drvPath)) if (d.state === 'waiting') this.updateReadiness(d)
+    this.checkSubmissionsOf(job)
+  }
+
+  private fail (job: Job, failure: Failure): void {
+    delete job.worker
+    delete job.leaseExpires
+    if (!PERMANENT_FAILURES.has(failure.kind)) {
+      job.attempts++
+      if (job.attempts < this.config.maxAttempts) {
+        job.state = 'ready'
+        job.failure = failure
+        this.changed(job)
+        return
+      }
+      failure = { ...failure, message: `${failure.message} (gave up after ${job.attempts} attempts)` }
+    }
+    job.state = 'failed'
+    job.failure = failure
+    this.changed(job)
+    this.failDependents(job)
+    this.checkSubmissionsOf(job)
+  }
+
+  private failDependents (failed: Job): void {
+    const stack = [failed]
+    while (stack.length > 0) {
+      const cur = stack.pop()
+      if (cur === undefined) break
+      for (const d of this.dependentsOf(cur.drvPath)) {
+        if (TERMINAL_STATES.has(d.state)) continue
+        d.state = 'dependency-failed'
+        d.failure = { kind: 'build-failed', message: `dependency ${failed.drvPath} failed` }
+        this.changed(d)
+        stack.push(d)
+        this.checkSubmissionsOf(d)
+      }
+    }
+  }
+
+  private updateReadiness (job: Job): void {
+    let ready = true
+    for (const input of job.inputJobs) {
+      const dep = this.jobs.get(input)
+      if (dep === undefined || SUCCESS.has(dep.state)) continue
+      if (dep.state === 'failed' || dep.state === 'dependency-failed') {
+        job.state = 'dependency-failed'
+        job.failure = { kind: 'build-failed', message: `dependency ${input} failed` }
+        this.changed(job)
+        this.failDependents(job)
+        this.checkSubmissionsOf(job)
+        return
+      }
+      ready = false
+    }
+    if (ready) job.state = 'ready'
+    this.changed(job)
+  }
+
+  private dependentsOf (drvPath: string): Job[] {
+    // Linear scan: submissions are thousands of jobs at most, and this keeps no second index to
+    // get out of step with the first.
+    return [...this.jobs.values()].filter(j => j.inputJobs.includes(drvPath))
+  }
+
+  private checkSubmissionsOf (job: Job): void {
+    for (const id of job.submissions) this.checkSubmission(id)
+  }
+
+  private checkSubmission (id: string): void {
+    if (this.finished.has(id)) return
+    const s = this.submissions.get(id)
+    if (s === undefined) return
+    let ok = true
+    for (const p of s.drvPaths) {
+      const j = this.jobs.get(p)
+      if (j === undefined) continue
+      if (!TERMINAL_STATES.has(j.state)) return
+      if (!SUCCESS.has(j.state)) ok = false
+    }
+    this.finished.add(id)
+    this.out.push({ type: 'submission-finished', id, ok })
+  }
+
+  private workItem (job: Job): WorkItem {
+    return {
+      owner: this.config.selfId,
+      drvPath: job.drvPath,
+      outputs: job.outputs,
+      system: job.system,
+      requiredFeatures: job.requiredFeatures,
+      ...(job.timeout !== undefined ? { timeout: job.timeout } : {}),
+      ...(job.maxSilentTime !== undefined ? { maxSilentTime: job.maxSilentTime } : {})
+    }
+  }
+
+  private changed (job: Job): void {
+    this.out.push({ type: 'job-changed', job: { ...job } })
+  }
+}
+
+function runKey (owner: string, drvPath: string): string {
+  return `${owner}\n${drvPath}`
+}
