@@ -1,0 +1,126 @@
+// Every message of the mesh: its type and its validator. docs/protocols.md describes each one.
+import { arr, bool, int, num, obj, oneOf, optional, record, str, validator } from './schema.ts'
+import { MAX_BUILDING_LISTED, MAX_LIST_ITEMS } from './constants.ts'
+
+const STORE_PATH = /^\/nix\/store\/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]{1,211}$/
+const storePath = str(260, STORE_PATH)
+const name = str(128, /^[A-Za-z0-9_.+-]+$/)
+const names = arr(name, 64)
+const multiaddr = str(256)
+const nixKey = str(256, /^[^:\s]+:[A-Za-z0-9+/=]+$/)
+
+// --- gossip ----------------------------------------------------------------------------------
+
+export const checkBeacon = obj({
+  v: int(1, 1),
+  seq: int(0),
+  systems: names,
+  features: names,
+  mandatoryFeatures: names,
+  maxJobs: int(0, 4096),
+  running: int(0, 4096),
+  queued: int(0),
+  speedFactor: num(0.001, 1e6),
+  load: num(0, 1e6),
+  freeDiskBytes: num(0),
+  diskLow: bool,
+  building: arr(storePath, MAX_BUILDING_LISTED),
+  addresses: arr(multiaddr, 32),
+  signingKey: optional(nixKey)
+})
+export type Beacon = ReturnType<typeof checkBeacon>
+export const validateBeacon = validator('beacon', checkBeacon)
+
+export const checkOfferEntry = obj({ system: name, requiredFeatures: names, count: int(1) })
+export const validateOffer = validator('offer', obj({ v: int(1, 1), seq: int(0), entries: arr(checkOfferEntry, 256) }))
+export type Offer = ReturnType<typeof validateOffer>
+
+// --- steal -----------------------------------------------------------------------------------
+
+export const validateStealRequest = validator('steal request', obj({
+  want: int(1, 64),
+  systems: names,
+  features: names,
+  mandatoryFeatures: names
+}))
+export type StealRequest = ReturnType<typeof validateStealRequest>
+
+const checkWorkItem = obj({
+  drvPath: storePath,
+  outputs: record(storePath, 64, name),
+  system: name,
+  requiredFeatures: names,
+  timeout: optional(int(1)),
+  maxSilentTime: optional(int(1))
+})
+export const validateStealGrant = validator('steal grant', obj({
+  leaseMs: int(1000, 3_600_000),
+  items: arr(checkWorkItem, 64)
+}))
+export type StealGrant = ReturnType<typeof validateStealGrant>
+
+// --- lease -----------------------------------------------------------------------------------
+
+export const validateLeaseRequest = validator('lease request', obj({
+  /** Jobs the worker still builds and wants to keep. */
+  renew: arr(storePath, MAX_LIST_ITEMS),
+  /** Jobs the worker gives back without a result (it is shutting down). */
+  release: optional(arr(storePath, MAX_LIST_ITEMS))
+}))
+export type LeaseRequest = ReturnType<typeof validateLeaseRequest>
+
+export const validateLeaseReply = validator('lease reply', obj({ lost: arr(storePath, MAX_LIST_ITEMS) }))
+export type LeaseReply = ReturnType<typeof validateLeaseReply>
+
+// --- result ----------------------------------------------------------------------------------
+
+export const FAILURE_KINDS = ['build-failed', 'timed-out', 'hash-mismatch', 'not-deterministic', 'transient'] as const
+
+export const validateResultReport = validator('result report', obj({
+  drvPath: storePath,
+  ok: bool,
+  outputs: optional(record(storePath, 64, name)),
+  failure: optional(obj({
+    kind: oneOf(FAILURE_KINDS),
+    message: str(4096),
+    logTail: optional(arr(str(4096), 200))
+  }))
+}))
+export type ResultReport = ReturnType<typeof validateResultReport>
+
+export const validateResultAck = validator('result ack', obj({ accepted: bool }))
+
+// --- store paths -----------------------------------------------------------------------------
+
+export const validatePathInfoRequest = validator('path-info request', obj({
+  /** The closure of these paths is described. */
+  roots: arr(storePath, MAX_LIST_ITEMS)
+}))
+
+export const checkPathInfo = obj({
+  path: storePath,
+  narHash: str(128, /^sha256:[0-9a-z]+$/),
+  narSize: int(1),
+  references: arr(storePath, MAX_LIST_ITEMS),
+  deriver: optional(storePath),
+  signatures: optional(arr(str(512), 16))
+})
+export type PathInfoMessage = ReturnType<typeof checkPathInfo>
+
+export const validatePathInfoReply = validator('path-info reply', obj({
+  /** Closure of the roots, each path after every path it references. */
+  infos: arr(checkPathInfo, MAX_LIST_ITEMS),
+  /** Roots this peer does not have. */
+  missing: arr(storePath, MAX_LIST_ITEMS)
+}))
+export type PathInfoReply = ReturnType<typeof validatePathInfoReply>
+
+export const validateNarRequest = validator('nar request', obj({ paths: arr(storePath, MAX_LIST_ITEMS) }))
+
+/** Before each NAR on a nar stream: its metadata, or why it cannot be sent. */
+export const validateNarHeader = validator('nar header', obj({
+  path: storePath,
+  info: optional(checkPathInfo),
+  error: optional(str(1024))
+}))
+export type NarHeader = ReturnType<typeof validateNarHeader>
