@@ -1,0 +1,389 @@
+// StoreBackend over Nix 2.8's command-line tools (nix-store, nix path-info, nix show-derivation).
+// Each method is one or two Nix calls however many paths it is given; NARs stream through the
+// child processes' pipes with backpressure in both directions.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { once } from 'node:events'
+import type { Writable } from 'node:stream'
+import { Hash } from '../../protocols/nix/hash.ts'
+import { exec, NixCommandError } from './exec.ts'
+import { nixEnv, type NixSettings } from './nix-config.ts'
+import { exportEnd, exportHeader, exportTrailer, NarEndTracker, NarFormatError } from './nix-export-format.ts'
+import {
+  BUILD_LOG_TAIL_LINES, buildFailureFor, InvalidStorePath, NarHashMismatch, OperationAborted, PathNotValid,
+  type DrvClosure, type ImportInfo, type ImportResult, type PathInfo, type RealiseOptions, type RealiseResult,
+  type StoreBackend, type WaitOptions
+} from './store-backend.ts'
+
+export const DEFAULT_STORE_DIR = '/nix/store'
+/** Paths per Nix invocation, well under the kernel's argument-size limit. */
+export const PATHS_PER_CALL = 500
+/** How long a cancelled nix-store gets to stop its builder before it is killed. */
+export const KILL_GRACE_MS = 5_000
+/** A log "line" longer than this is passed on in pieces rather than held whole. */
+export const MAX_LOG_LINE = 64 * 1024
+
+// nix-store --realise says this for every build without --add-root; meshbuild never wants a root.
+const ADD_ROOT_WARNING = /^warning: you did not specify '--add-root'/
+
+export interface CliStoreInit {
+  settings?: NixSettings
+  storeDir?: string
+}
+
+interface PathInfoJson {
+  path: string
+  valid?: boolean
+  narHash?: string
+  narSize?: number
+  references?: string[]
+  deriver?: string
+  signatures?: string[]
+  ca?: string
+}
+
+export class CliStore implements StoreBackend {
+  private readonly settings: NixSettings
+  readonly storeDir: string
+  private readonly pathPattern: RegExp
+
+  constructor (init: CliStoreInit = {}) {
+    this.settings = init.settings ?? {}
+    this.storeDir = init.storeDir ?? DEFAULT_STORE_DIR
+    const dir = this.storeDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+    this.pathPattern = new RegExp(`^${dir}/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\\-_?=][A-Za-z0-9+\\-._?=]*$`)
+  }
+
+  async isValid (paths: string[], options: WaitOptions = {}): Promise<Set<string>> {
+    this.checkPaths(paths)
+    const valid = new Set<string>()
+    for (const batch of batches([...new Set(paths)])) {
+      // Exit 1 with the invalid ones listed is the normal answer when some are missing.
+      const r = await exec('nix-store', ['--check-validity', '--print-invalid', ...batch], this.execOptions(options))
+      if (r.code !== 0 && r.code !== 1) throw new NixCommandError('nix-store --check-validity', r.code, r.stderr)
+      const invalid = new Set(lines(r.stdout.toString('utf8')))
+      for (const p of batch) if (!invalid.has(p)) valid.add(p)
+    }
+    return valid
+  }
+
+  async queryPathInfo (path: string, options: WaitOptions = {}): Promise<PathInfo | null> {
+    return (await this.queryPathInfos([path], options)).get(path) ?? null
+  }
+
+  async queryPathInfos (paths: string[], options: WaitOptions = {}): Promise<Map<string, PathInfo>> {
+    this.checkPaths(paths)
+    const unique = [...new Set(paths)]
+    // `nix path-info` takes a .drv to mean its outputs (and would build them), so derivations
+    // go with --derivation; that flag maps other paths to their derivers, so they go without.
+    // With --derivation an invalid .drv fails the whole call, hence the validity check first.
+    const drvs = unique.filter(p => p.endsWith('.drv'))
+    const validDrvs = drvs.length > 0 ? [...await this.isValid(drvs, options)] : []
+    const others = unique.filter(p => !p.endsWith('.drv'))
+    const result = new Map<string, PathInfo>()
+    for (const [group, flags] of [[validDrvs, ['--derivation']], [others, []]] as const) {
+      for (const batch of batches(group)) {
+        const out = await this.run('nix', ['path-info', '--json', '--sigs', ...flags, ...batch], options)
+        for (const entry of JSON.parse(out) as PathInfoJson[]) {
+          if (entry.valid === false) continue
+          const info = parsePathInfo(entry)
+          result.set(info.path, info)
+        }
+      }
+    }
+    return result
+  }
+
+  async closure (paths: string[], options: WaitOptions = {}): Promise<string[]> {
+    this.checkPaths(paths)
+    if (paths.length === 0) return []
+    // One call: the closure must come out in one topological order, references first.
+    const out = await this.run('nix-store', ['--query', '--requisites', ...new Set(paths)], options)
+    return lines(out)
+  }
+
+  async drvClosure (drvPath: string, options: WaitOptions = {}): Promise<DrvClosure> {
+    this.checkDrv(drvPath)
+    // A .drv references the .drv files of its inputs and its input sources, never outputs.
+    const all = await this.closure([drvPath], options)
+    return {
+      drvs: all.filter(p => p.endsWith('.drv')).sort(),
+      sources: all.filter(p => !p.endsWith('.drv')).sort()
+    }
+  }
+
+  async realise (drvPath: string, options: RealiseOptions = {}): Promise<RealiseResult> {
+    this.checkDrv(drvPath)
+    options.signal?.throwIfAborted()
+    const args = ['--realise', drvPath]
+    if (options.timeout != null) args.push('--timeout', String(options.timeout))
+    if (options.maxSilentTime != null) args.push('--max-silent-time', String(options.maxSilentTime))
+    if (options.maxJobs != null) args.push('--max-jobs', String(options.maxJobs))
+    if (options.systemFeatures != null) args.push('--option', 'system-features', options.systemFeatures.join(' '))
+
+    const child = spawn('nix-store', args, { env: nixEnv(this.settings), stdio: ['ignore', 'pipe', 'pipe'] })
+    const exited = exitOf(child)
+    const tail: string[] = []
+    const stdout: Buffer[] = []
+    child.stdout?.on('data', (d: Buffer) => stdout.push(d))
+    const log = lineSplitter(line => {
+      if (ADD_ROOT_WARNING.test(line)) return
+      tail.push(line)
+      if (tail.length > BUILD_LOG_TAIL_LINES) tail.shift()
+      options.onLog?.(line)
+    })
+    child.stderr?.setEncoding('utf8')
+    child.stderr?.on('data', (d: string) => log.push(d))
+    const stop = cancelOnAbort(child, options.signal)
+    let code: number
+    try {
+      code = await exited
+    } finally {
+      stop()
+    }
+    log.end()
+    if (options.signal?.aborted === true) throw new OperationAborted(`build of '${drvPath}'`, options.signal.reason)
+    if (code !== 0) {
+      if (tail.some(l => l.includes(`cannot build missing derivation '${drvPath}'`) || l.includes(`path '${drvPath}' is not valid`))) {
+        throw new PathNotValid(drvPath)
+      }
+      throw buildFailureFor(drvPath, code, tail)
+    }
+    return { outputs: await this.outputsOf(drvPath, lines(Buffer.concat(stdout).toString('utf8')), options) }
+  }
+
+  async * exportNar (path: string, options: WaitOptions = {}): AsyncGenerator<Uint8Array> {
+    // `nix-store --dump` dumps any file it is given; only registered paths may leave the store.
+    if (!(await this.isValid([path], options)).has(path)) throw new PathNotValid(path)
+    const child = spawn('nix-store', ['--dump', path], { env: nixEnv(this.settings), stdio: ['ignore', 'pipe', 'pipe'] })
+    const exited = exitOf(child)
+    let stderr = ''
+    child.stderr?.setEncoding('utf8')
+    child.stderr?.on('data', (d: string) => { stderr += d })
+    const onAbort = (): void => { child.kill('SIGKILL') }
+    options.signal?.addEventListener('abort', onAbort, { once: true })
+    let finished = false
+    try {
+      // The stream's async iterator reads only when asked, so a slow consumer pauses nix-store.
+      for await (const chunk of child.stdout as AsyncIterable<Buffer>) yield chunk
+      const code = await exited
+      if (options.signal?.aborted === true) throw new OperationAborted(`export of '${path}'`, options.signal.reason)
+      if (code !== 0) throw new NixCommandError(`nix-store --dump ${path}`, code, stderr)
+      finished = true
+    } finally {
+      options.signal?.removeEventListener('abort', onAbort)
+      // The consumer stopped early, or something failed: nix-store must not linger.
+      if (!finished && child.exitCode == null && child.signalCode == null) child.kill('SIGKILL')
+    }
+  }
+
+  async importNar (info: ImportInfo, nar: AsyncIterable<Uint8Array>, options: WaitOptions = {}): Promise<ImportResult> {
+    this.checkPaths([info.path, ...info.references, ...(info.deriver != null ? [info.deriver] : [])])
+    const { signal } = options
+    // 1. Already valid: tell the producer to stop without reading a byte. Nix refuses a path
+    //    whose references are missing, so find that out before streaming the NAR too.
+    const others = info.references.filter(r => r !== info.path)
+    const valid = await this.isValid([info.path, ...others], options)
+    if (valid.has(info.path)) {
+      await nar[Symbol.asyncIterator]().return?.()
+      return { imported: false }
+    }
+    const missing = others.find(r => !valid.has(r))
+    if (missing != null) {
+      await nar[Symbol.asyncIterator]().return?.()
+      throw new PathNotValid(missing)
+    }
+    signal?.throwIfAborted()
+
+    const child = spawn('nix-store', ['--import'], { env: nixEnv(this.settings), stdio: ['pipe', 'pipe', 'pipe'] })
+    const exited = exitOf(child)
+    let stderr = ''
+    const stdout: Buffer[] = []
+    child.stdout?.on('data', (d: Buffer) => stdout.push(d))
+    child.stderr?.setEncoding('utf8')
+    child.stderr?.on('data', (d: string) => { stderr += d })
+    const stdin = child.stdin as Writable
+    stdin.on('error', () => {}) // EPIPE when Nix gives up early; its exit code tells why
+    const onAbort = (): void => { child.kill('SIGKILL') }
+    signal?.addEventListener('abort', onAbort, { once: true })
+    let exitCode: number | null = null
+    exited.then(c => { exitCode = c }, () => {})
+
+    try {
+      // 2. The header, then the NAR as it arrives: hashed, counted, and framed so that not one
+      //    byte past its end or past narSize reaches Nix.
+      await writeAll(stdin, exportHeader(), exited)
+      const hasher = createHash(info.narHash.algorithm)
+      const tracker = new NarEndTracker()
+      let size = 0
+      for await (const chunk of nar) {
+        signal?.throwIfAborted()
+        if (size + chunk.length > info.narSize) {
+          throw new NarHashMismatch(info.path, { hash: info.narHash, size: info.narSize }, { size: size + chunk.length })
+        }
+        const inNar = tracker.feed(chunk)
+        if (inNar < chunk.length) throw new NarFormatError(`data after the end of the NAR of '${info.path}'`, size + inNar)
+        hasher.update(chunk)
+        size += chunk.length
+        await writeAll(stdin, chunk, exited)
+      }
+      // 3. Compare before the trailer: Nix registers nothing until it has read the trailer.
+      const actual = new Hash(info.narHash.algorithm, hasher.digest())
+      if (size !== info.narSize || !actual.equals(info.narHash)) {
+        throw new NarHashMismatch(info.path, { hash: info.narHash, size: info.narSize }, { hash: actual, size })
+      }
+      if (!tracker.done) throw new NarFormatError(`the NAR of '${info.path}' ends before its last ")"`, size)
+      // 4. The trailer registers the path; then the end marker.
+      await writeAll(stdin, Buffer.concat([exportTrailer(info), exportEnd()]), exited)
+      stdin.end()
+      const code = await exited
+      if (code !== 0) throw new NixCommandError('nix-store --import', code, stderr)
+      const imported = lines(Buffer.concat(stdout).toString('utf8'))
+      if (!imported.includes(info.path)) {
+        throw new NixCommandError('nix-store --import', code, `imported ${imported.join(', ')} instead of ${info.path}\n${stderr}`)
+      }
+      return { imported: true }
+    } catch (err) {
+      if (exitCode == null) child.kill('SIGKILL')
+      const code = await exited
+      if (signal?.aborted === true) throw new OperationAborted(`import of '${info.path}'`, signal.reason)
+      if (err instanceof NixExited) throw new NixCommandError('nix-store --import', code, stderr)
+      throw err
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
+    }
+  }
+
+  /** Output name to path for a built derivation, from `nix show-derivation`. */
+  private async outputsOf (drvPath: string, printed: string[], options: WaitOptions): Promise<Record<string, string>> {
+    const out = await this.run('nix', ['show-derivation', drvPath], options)
+    const drv = (JSON.parse(out) as Record<string, { outputs: Record<string, { path?: string }> }>)[drvPath]
+    const outputs: Record<string, string> = {}
+    for (const [name, o] of Object.entries(drv?.outputs ?? {})) {
+      if (o.path != null) outputs[name] = o.path
+    }
+    // Floating content-addressed outputs have no path in the .drv; nix-store printed them all.
+    const known = new Set(Object.values(outputs))
+    if (Object.keys(outputs).length === 0 || printed.some(p => !known.has(p))) {
+      throw new NixCommandError(`nix-store --realise ${drvPath}`, 0, `cannot name the outputs ${printed.join(', ')}`)
+    }
+    return outputs
+  }
+
+  private async run (cmd: string, args: string[], options: WaitOptions): Promise<string> {
+    const r = await exec(cmd, args, this.execOptions(options))
+    if (r.code !== 0) {
+      const invalid = /path '([^']+)' is not valid/.exec(r.stderr)
+      if (invalid?.[1] != null) throw new PathNotValid(invalid[1])
+      throw new NixCommandError(`${cmd} ${args.slice(0, 4).join(' ')}${args.length > 4 ? ' …' : ''}`, r.code, r.stderr)
+    }
+    return r.stdout.toString('utf8')
+  }
+
+  private execOptions (options: WaitOptions): { settings: NixSettings, signal?: AbortSignal } {
+    return options.signal != null ? { settings: this.settings, signal: options.signal } : { settings: this.settings }
+  }
+
+  private checkPaths (paths: string[]): void {
+    for (const p of paths) if (!this.pathPattern.test(p)) throw new InvalidStorePath(p, this.storeDir)
+  }
+
+  private checkDrv (drvPath: string): void {
+    if (!this.pathPattern.test(drvPath) || !drvPath.endsWith('.drv')) throw new InvalidStorePath(drvPath, this.storeDir)
+  }
+}
+
+function parsePathInfo (e: PathInfoJson): PathInfo {
+  if (e.narHash == null || e.narSize == null) throw new NixCommandError('nix path-info', 0, `no narHash/narSize for ${e.path}`)
+  const info: PathInfo = {
+    path: e.path,
+    narHash: Hash.parse(e.narHash),
+    narSize: e.narSize,
+    references: [...(e.references ?? [])].sort(),
+    signatures: e.signatures ?? []
+  }
+  if (e.deriver != null && e.deriver !== '') info.deriver = e.deriver
+  if (e.ca != null && e.ca !== '') info.ca = e.ca
+  return info
+}
+
+/** nix-store exited while we were still writing to it. */
+class NixExited extends Error {
+  override name = 'NixExited'
+}
+
+/** Writes with backpressure: waits for 'drain' when the pipe is full, fails if the child exits. */
+async function writeAll (stdin: Writable, bytes: Uint8Array, exited: Promise<number>): Promise<void> {
+  if (stdin.destroyed || stdin.writableEnded) throw new NixExited()
+  if (stdin.write(bytes)) return
+  const stop = new AbortController()
+  try {
+    await Promise.race([
+      once(stdin, 'drain', { signal: stop.signal }),
+      once(stdin, 'close', { signal: stop.signal }).then(() => { throw new NixExited() }),
+      exited.then(() => { throw new NixExited() })
+    ])
+  } catch {
+    throw new NixExited()
+  } finally {
+    stop.abort()
+  }
+}
+
+/** Resolves with the exit code (128 + n for signal n, roughly) once the child and its pipes close. */
+function exitOf (child: ChildProcess): Promise<number> {
+  const p = new Promise<number>((resolve, reject) => {
+    child.on('error', reject)
+    child.on('close', (code, sig) => { resolve(code ?? (sig != null ? 128 : 1)) })
+  })
+  // Callers that stop early never await it; a spawn failure must not become unhandled.
+  p.catch(() => {})
+  return p
+}
+
+/** On abort, asks nix-store to stop (it then kills its builder), and kills it after a grace time. */
+function cancelOnAbort (child: ChildProcess, signal: AbortSignal | undefined): () => void {
+  if (signal == null) return () => {}
+  let timer: NodeJS.Timeout | undefined
+  const onAbort = (): void => {
+    child.kill('SIGTERM')
+    timer = setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS)
+    timer.unref()
+  }
+  if (signal.aborted) onAbort()
+  else signal.addEventListener('abort', onAbort, { once: true })
+  return () => {
+    signal.removeEventListener('abort', onAbort)
+    if (timer != null) clearTimeout(timer)
+  }
+}
+
+function lineSplitter (onLine: (line: string) => void): { push: (d: string) => void, end: () => void } {
+  let partial = ''
+  return {
+    push (d) {
+      partial += d
+      const parts = partial.split('\n')
+      partial = parts.pop() ?? ''
+      for (const l of parts) onLine(l)
+      while (partial.length > MAX_LOG_LINE) {
+        onLine(partial.slice(0, MAX_LOG_LINE))
+        partial = partial.slice(MAX_LOG_LINE)
+      }
+    },
+    end () {
+      if (partial !== '') onLine(partial)
+      partial = ''
+    }
+  }
+}
+
+function lines (text: string): string[] {
+  return text.split('\n').filter(l => l !== '')
+}
+
+function batches<T> (items: T[]): T[][] {
+  const out: T[][] = []
+  for (let i = 0; i < items.length; i += PATHS_PER_CALL) out.push(items.slice(i, i + PATHS_PER_CALL))
+  return out
+}

@@ -1,0 +1,296 @@
+// CliStore against the real Nix on this machine: a small DAG of real derivations, real builds
+// and failures, NARs exported with nix-store --dump and imported back with nix-store --import.
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { after, before, describe, it } from 'node:test'
+import { promisify } from 'node:util'
+import { Hash } from '../../protocols/nix/hash.ts'
+import { CliStore } from '../../node/nix/cli-store.ts'
+import { exec } from '../../node/nix/exec.ts'
+import { exportTrailer } from '../../node/nix/nix-export-format.ts'
+import {
+  BuildFailure, buildFailureFor, BuildTimedOut, NarHashMismatch, PermanentBuildFailure, type ImportInfo
+} from '../../node/nix/store-backend.ts'
+import { instantiate, nix, shDrv, tempDir } from '../helpers/nix.ts'
+
+const TEST_TIMEOUT = 60_000
+const tag = randomBytes(6).toString('hex')
+const store = new CliStore()
+
+// a ← b ← c (two outputs); d uses an input source; big is 4 MiB; tree is a directory with a
+// symlink, an executable and names that look like NAR structure; the rest fail on purpose.
+const expr = `let
+  src = builtins.toFile "src-${tag}" "source ${tag}";
+  a = ${shDrv(`a-${tag}`, `echo a-${tag} > $out`)};
+  b = ${shDrv(`b-${tag}`, `echo \${a} > $out`)};
+  c = ${shDrv(`c-${tag}`, `echo \${b} > $out; echo dev-${tag} > $dev`, 'outputs = [ "out" "dev" ];')};
+  d = ${shDrv(`d-${tag}`, `/bin/cat \${src} > $out`)};
+  big = ${shDrv(`big-${tag}`, '/bin/head -c 4194304 /dev/zero > $out')};
+  tree = ${shDrv(`tree-${tag}`, [
+    '/bin/mkdir -p $out/sub',
+    `echo tree-${tag} > $out/sub/file`,
+    'echo ")" > "$out/("; echo "(" > $out/contents; echo name > $out/name',
+    'echo "#!/bin/sh" > $out/run; /bin/chmod +x $out/run',
+    '/bin/ln -s ${a} $out/link'
+  ].join('; '))};
+  fail = ${shDrv(`fail-${tag}`, `echo about-to-fail-${tag}; echo oops-${tag} >&2; exit 1`)};
+  slow = ${shDrv(`slow-${tag}`, `echo slow-${tag}; /bin/sleep 10; echo > $out`)};
+  silent = ${shDrv(`silent-${tag}`, `echo silent-${tag}; /bin/sleep 10; echo > $out`)};
+in { inherit a b c d big tree fail slow silent; }`
+
+const ATTRS = ['a', 'b', 'c', 'd', 'big', 'tree', 'fail', 'slow', 'silent'] as const
+type Attr = typeof ATTRS[number]
+
+let drv: Record<Attr, string>
+let cleanup: () => Promise<void>
+
+async function outputsOf (drvPath: string): Promise<Record<string, string>> {
+  const json = JSON.parse(await nix('nix', 'show-derivation', drvPath)) as Record<string, { outputs: Record<string, { path: string }> }>
+  return Object.fromEntries(Object.entries(json[drvPath]?.outputs ?? {}).map(([k, v]) => [k, v.path]))
+}
+
+async function dump (path: string): Promise<Buffer> {
+  const r = await exec('nix-store', ['--dump', path])
+  assert.equal(r.code, 0, r.stderr)
+  return r.stdout
+}
+
+async function * chunks (bytes: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
+  for (let i = 0; i < bytes.length; i += size) yield bytes.subarray(i, i + size)
+}
+
+before(async () => {
+  const t = await tempDir()
+  cleanup = t.cleanup
+  const paths = await instantiate(expr, t.dir, [...ATTRS])
+  drv = Object.fromEntries(ATTRS.map((a, i) => [a, paths[i] ?? ''])) as Record<Attr, string>
+})
+
+after(async () => { await cleanup() })
+
+describe('CliStore queries', { timeout: TEST_TIMEOUT }, () => {
+  let out: Record<'a' | 'b' | 'cOut' | 'cDev' | 'd', string>
+  before(async () => {
+    const c = await store.realise(drv.c)
+    const d = await store.realise(drv.d)
+    out = {
+      a: (await outputsOf(drv.a)).out ?? '',
+      b: (await outputsOf(drv.b)).out ?? '',
+      cOut: c.outputs.out ?? '',
+      cDev: c.outputs.dev ?? '',
+      d: d.outputs.out ?? ''
+    }
+  })
+
+  it('isValid answers for many paths at once', async () => {
+    const missing = `/nix/store/${'0'.repeat(32)}-missing-${tag}`
+    const notBuilt = (await outputsOf(drv.fail)).out ?? ''
+    const valid = await store.isValid([out.a, out.b, out.cOut, drv.c, missing, notBuilt])
+    assert.deepEqual([...valid].sort(), [out.a, out.b, out.cOut, drv.c].sort())
+    await assert.rejects(store.isValid(['/tmp/not-a-store-path']), { name: 'InvalidStorePath' })
+  })
+
+  it('queryPathInfo matches what nix-store reports', async () => {
+    const info = await store.queryPathInfo(out.b)
+    assert.ok(info != null)
+    assert.ok(info.narHash.equals(Hash.parse((await nix('nix-store', '--query', '--hash', out.b)).trim())))
+    assert.equal(info.narSize, Number((await nix('nix-store', '--query', '--size', out.b)).trim()))
+    assert.deepEqual(info.references, [out.a])
+    assert.equal(info.deriver, drv.b)
+    assert.deepEqual(info.signatures, [])
+    assert.equal(await store.queryPathInfo(`/nix/store/${'1'.repeat(32)}-missing-${tag}`), null)
+  })
+
+  it('queryPathInfos takes derivations and outputs in one batch without building anything', async () => {
+    const unbuilt = await outputsOf(drv.fail)
+    const infos = await store.queryPathInfos([out.a, out.cOut, drv.c, drv.fail, unbuilt.out ?? ''])
+    assert.deepEqual([...infos.keys()].sort(), [out.a, out.cOut, drv.c, drv.fail].sort())
+    const c = infos.get(drv.c)
+    assert.ok(c != null)
+    assert.deepEqual(c.references, [drv.b].sort())
+    assert.match(c.ca ?? '', /^text:sha256:/) // a .drv is a text-hashed path
+    assert.deepEqual(infos.get(out.cOut)?.references, [out.b])
+    // Asking about the failing derivation must not have built it.
+    assert.equal((await store.isValid([unbuilt.out ?? ''])).size, 0)
+  })
+
+  it('closure lists references before the paths that need them', async () => {
+    const closure = await store.closure([out.cOut])
+    assert.deepEqual([...closure].sort(), [out.a, out.b, out.cOut].sort())
+    assert.ok(closure.indexOf(out.a) < closure.indexOf(out.b))
+    assert.ok(closure.indexOf(out.b) < closure.indexOf(out.cOut))
+    await assert.rejects(store.closure([`/nix/store/${'2'.repeat(32)}-missing-${tag}`]), { name: 'PathNotValid' })
+  })
+
+  it('drvClosure gives the .drv files and the input sources', async () => {
+    const c = await store.drvClosure(drv.c)
+    assert.deepEqual(c, { drvs: [drv.a, drv.b, drv.c].sort(), sources: [] })
+    const d = await store.drvClosure(drv.d)
+    assert.deepEqual(d.drvs, [drv.d])
+    assert.equal(d.sources.length, 1)
+    assert.match(d.sources[0] ?? '', new RegExp(`-src-${tag}$`))
+  })
+})
+
+describe('CliStore.realise', { timeout: TEST_TIMEOUT }, () => {
+  it('returns every output by name', async () => {
+    const lines: string[] = []
+    const { outputs } = await store.realise(drv.c, { onLog: l => lines.push(l) })
+    assert.deepEqual(Object.keys(outputs).sort(), ['dev', 'out'])
+    assert.deepEqual(outputs, await outputsOf(drv.c))
+    assert.equal((await readFile(outputs.dev ?? '', 'utf8')).trim(), `dev-${tag}`)
+    assert.ok(!lines.some(l => l.includes('--add-root')), 'the add-root warning is filtered')
+  })
+
+  it('a builder that exits 1 is a permanent failure with its log tail', async () => {
+    const lines: string[] = []
+    const err = await store.realise(drv.fail, { onLog: l => lines.push(l) }).then(() => null, (e: unknown) => e)
+    assert.ok(err instanceof PermanentBuildFailure, String(err))
+    assert.equal(err.name, 'PermanentBuildFailure')
+    assert.equal(err.exitCode, 100)
+    assert.equal(err.permanent, true)
+    assert.ok(err.logTail.includes(`about-to-fail-${tag}`), err.logTail.join('\n'))
+    assert.ok(err.logTail.includes(`oops-${tag}`))
+    assert.ok(lines.includes(`oops-${tag}`), 'onLog saw the line as it came')
+  })
+
+  for (const [what, options] of [['timeout', { timeout: 1 }], ['maxSilentTime', { maxSilentTime: 1 }]] as const) {
+    it(`a builder that runs past ${what} fails as timed out`, async () => {
+      const started = Date.now()
+      const err = await store.realise(what === 'timeout' ? drv.slow : drv.silent, options).then(() => null, (e: unknown) => e)
+      assert.ok(err instanceof BuildTimedOut, String(err))
+      assert.equal(err.exitCode, 101)
+      assert.equal(err.kind, 'timed-out')
+      assert.equal(err.permanent, false)
+      assert.ok(Date.now() - started < 8_000, 'Nix stopped the builder before it finished sleeping')
+    })
+  }
+
+  it('stops the build when its signal aborts', async () => {
+    const started = Date.now()
+    await assert.rejects(store.realise(drv.slow, { signal: AbortSignal.timeout(300) }), { name: 'AbortError' })
+    assert.ok(Date.now() - started < 5_000)
+  })
+
+  it('an unknown derivation is PathNotValid, not a build failure', async () => {
+    await assert.rejects(store.realise(`/nix/store/${'3'.repeat(32)}-missing-${tag}.drv`), { name: 'PathNotValid' })
+  })
+
+  it('maps every Nix exit code to its failure class', () => {
+    const cases: Array<[number, string]> = [
+      [100, 'PermanentBuildFailure'], [101, 'BuildTimedOut'], [102, 'OutputHashMismatch'],
+      [103, 'OutputHashMismatch'], [104, 'NotDeterministic'], [105, 'NotDeterministic'],
+      [1, 'TransientBuildFailure'], [128, 'TransientBuildFailure'], [96, 'TransientBuildFailure']
+    ]
+    for (const [code, name] of cases) {
+      const err = buildFailureFor('/nix/store/x.drv', code, [])
+      assert.equal(err.name, name, `exit ${code}`)
+      assert.ok(err instanceof BuildFailure)
+    }
+  })
+})
+
+describe('CliStore NAR export and import', { timeout: TEST_TIMEOUT }, () => {
+  it('exportNar streams exactly what nix-store --dump gives', async () => {
+    const { outputs } = await store.realise(drv.tree)
+    const path = outputs.out ?? ''
+    const parts: Uint8Array[] = []
+    for await (const c of store.exportNar(path)) parts.push(c)
+    assert.ok(Buffer.concat(parts).equals(await dump(path)))
+    await assert.rejects(async () => {
+      for await (const c of store.exportNar(`/nix/store/${'4'.repeat(32)}-missing-${tag}`)) void c
+    }, { name: 'PathNotValid' })
+  })
+
+  it('exportNar stops nix-store when the consumer stops early', async () => {
+    const { outputs } = await store.realise(drv.big)
+    const path = outputs.out ?? ''
+    let got = 0
+    for await (const c of store.exportNar(path)) { got += c.length; break }
+    assert.ok(got > 0 && got < 4 * 1024 * 1024)
+    const deadline = Date.now() + 5_000
+    let running = true
+    while (running && Date.now() < deadline) {
+      const r = await promisify(execFile)('pgrep', ['-f', `nix-store --dump ${path}`]).then(() => true, () => false)
+      running = r
+      if (running) await new Promise(resolve => setTimeout(resolve, 50))
+    }
+    assert.equal(running, false, 'nix-store --dump is gone')
+  })
+
+  it('importNar brings a deleted path back only when its NAR matches', async (t) => {
+    const { outputs } = await store.realise(drv.tree)
+    const path = outputs.out ?? ''
+    const a = (await outputsOf(drv.a)).out ?? ''
+    const before = await store.queryPathInfo(path)
+    assert.ok(before != null)
+    assert.deepEqual(before.references, [a])
+    const nar = await dump(path)
+    const info: ImportInfo = { path, narHash: before.narHash, narSize: before.narSize, references: before.references, deriver: drv.tree }
+    await nix('nix-store', '--delete', path)
+    assert.equal((await store.isValid([path])).size, 0)
+
+    const flipped = Buffer.from(nar)
+    const at = flipped.indexOf(`tree-${tag}`)
+    assert.ok(at > 0)
+    flipped[at] = (flipped[at] ?? 0) ^ 0x01
+    const rejected: Array<[string, Uint8Array, Partial<ImportInfo>, string]> = [
+      ['a flipped byte', flipped, {}, 'NarHashMismatch'],
+      ['a NAR cut short', nar.subarray(0, nar.length - 8), {}, 'NarHashMismatch'],
+      ['a NAR longer than announced', nar, { narSize: nar.length - 8 }, 'NarHashMismatch'],
+      ['bytes after the NAR', Buffer.concat([nar, Buffer.alloc(8)]), {}, 'NarHashMismatch'],
+      // A sender that announces NAR + trailer as "the NAR" must not get Nix to register anything.
+      ...((): Array<[string, Uint8Array, Partial<ImportInfo>, string]> => {
+        const smuggled = Buffer.concat([nar, exportTrailer({ path, references: [] })])
+        return [['a trailer smuggled inside the NAR', smuggled, { narSize: smuggled.length, narHash: Hash.of('sha256', smuggled) }, 'NarFormatError']]
+      })()
+    ]
+    for (const [what, bytes, override, name] of rejected) {
+      await t.test(`rejects ${what}`, async () => {
+        const err = await store.importNar({ ...info, ...override }, chunks(bytes, 100)).then(() => null, (e: unknown) => e)
+        assert.ok(err instanceof Error, `${what} was accepted`)
+        assert.equal(err.name, name, err.message)
+        if (err instanceof NarHashMismatch) {
+          assert.equal(err.path, path)
+          assert.match(err.message, new RegExp(path))
+        }
+        assert.equal((await store.isValid([path])).size, 0, 'the path stays invalid')
+      })
+    }
+
+    await t.test('refuses a NAR whose references are missing, before reading it', async () => {
+      const missing = `/nix/store/${'5'.repeat(32)}-missing-${tag}`
+      let pulled = 0
+      async function * source (): AsyncGenerator<Uint8Array> { pulled++; yield nar }
+      await assert.rejects(store.importNar({ ...info, references: [a, missing] }, source()), { name: 'PathNotValid', path: missing })
+      assert.equal(pulled, 0)
+      assert.equal((await store.isValid([path])).size, 0)
+    })
+
+    await t.test('imports the real NAR, fed in odd-sized chunks', async () => {
+      assert.deepEqual(await store.importNar(info, chunks(nar, 7)), { imported: true })
+      assert.equal((await store.isValid([path])).size, 1)
+      const r = await exec('nix-store', ['--verify-path', path])
+      assert.equal(r.code, 0, r.stderr)
+      const after = await store.queryPathInfo(path)
+      assert.ok(after?.narHash.equals(before.narHash))
+      assert.ok(Hash.parse((await nix('nix-store', '--query', '--hash', path)).trim()).equals(before.narHash))
+      assert.deepEqual(after?.references, [a])
+      assert.equal(after?.deriver, drv.tree)
+    })
+
+    await t.test('importing a valid path reads nothing', async () => {
+      let pulled = 0
+      async function * source (): AsyncGenerator<Uint8Array> {
+        pulled++
+        yield nar
+      }
+      const gen = source()
+      assert.deepEqual(await store.importNar(info, gen), { imported: false })
+      assert.equal(pulled, 0)
+      assert.equal((await gen.next()).done, true, 'the source was closed')
+    })
+  })
+})
