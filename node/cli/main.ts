@@ -1,13 +1,12 @@
 // The meshbuild command line: one yargs command per file in ./commands.
 import yargs from 'yargs'
-import { ExitCode } from './exit-codes.ts'
+import { ExitCode, UsageError } from './exit-codes.ts'
 import { narCommand } from './commands/nar.ts'
 import { derivationCommand } from './commands/derivation.ts'
 import { keyCommand } from './commands/key.ts'
 import { pathInfoCommand } from './commands/path-info.ts'
 
 export async function main (argv: string[]): Promise<number> {
-  let code: number = ExitCode.ok
   const parser = yargs(argv)
     .scriptName('meshbuild')
     .usage('$0 <command> [options]')
@@ -21,14 +20,14 @@ export async function main (argv: string[]): Promise<number> {
     .alias('h', 'help')
     .version()
     .fail((msg, err) => {
+      // Throwing stops yargs before it runs the handler of a command with a missing argument.
       if (err != null) throw err
-      process.stderr.write(`meshbuild: ${msg}\nRun 'meshbuild --help' for usage.\n`)
-      code = ExitCode.usage
+      throw new UsageError(`${msg}\nRun 'meshbuild --help' for usage.`)
     })
     .exitProcess(false)
   try {
     await parser.parseAsync()
-    return code
+    return ExitCode.ok
   } catch (err) {
     const e = err as Error & { exitCode?: unknown }
     if (e.message !== '') process.stderr.write(`meshbuild: ${e.message}\n`)
