@@ -5,11 +5,17 @@ import { narCommand } from './commands/nar.ts'
 import { derivationCommand } from './commands/derivation.ts'
 import { keyCommand } from './commands/key.ts'
 import { pathInfoCommand } from './commands/path-info.ts'
+import { joinCommand } from './commands/join.ts'
+import { submitCommand } from './commands/submit.ts'
+import { statusCommand } from './commands/status.ts'
 
 export async function main (argv: string[]): Promise<number> {
   const parser = yargs(argv)
     .scriptName('meshbuild')
     .usage('$0 <command> [options]')
+    .command(joinCommand)
+    .command(submitCommand)
+    .command(statusCommand)
     .command(narCommand)
     .command(derivationCommand)
     .command(keyCommand)

@@ -66,6 +66,7 @@ export type SchedulerEvent =
   // owner side
   | { type: 'steal-request', requestId: string, from: string, capabilities: MachineCapabilities, want: number }
   | { type: 'lease-renew', requestId: string, from: string, drvPaths: string[] }
+  | { type: 'lease-release', from: string, drvPaths: string[] }
   | { type: 'result', from: string, drvPath: string, outcome: BuildOutcome }
   | { type: 'import-finished', from: string, drvPath: string, error?: string }
   // worker side
@@ -125,6 +126,7 @@ export class Scheduler {
       case 'disk': this.diskLow = event.low; break
       case 'steal-request': this.onStealRequest(event.requestId, event.from, event.capabilities, event.want); break
       case 'lease-renew': this.onLeaseRenew(event.requestId, event.from, event.drvPaths); break
+      case 'lease-release': this.onLeaseRelease(event.from, event.drvPaths); break
       case 'result': this.onResult(event.from, event.drvPath, event.outcome); break
       case 'import-finished': this.onImportFinished(event.from, event.drvPath, event.error); break
       case 'steal-reply': this.onStealReply(event.from, event.items); break
@@ -251,10 +253,12 @@ export class Scheduler {
         job.state = 'ready'
         delete job.worker
         delete job.leaseExpires
-      } else if (job.state === 'leased' || job.state === 'importing') {
-        // A peer may still be building it or serving its outputs: give it a fresh lease to renew.
-        job.state = 'leased'
+      } else if (job.state === 'leased') {
+        // A peer may still be building it: give it a fresh lease to renew or report on.
         job.leaseExpires = this.now + this.config.leaseMs
+      } else if (job.state === 'importing' && job.worker !== undefined) {
+        // Built elsewhere; fetch the outputs again rather than build again.
+        this.out.push({ type: 'import', from: job.worker, drvPath: job.drvPath, outputs: job.outputs })
       }
       this.jobs.set(job.drvPath, job)
     }
@@ -290,6 +294,23 @@ export class Scheduler {
       }
     }
     this.out.push({ type: 'renew-reply', requestId, to: from, lost })
+  }
+
+  /** A worker shutting down gives jobs back: they return to the deque at once, no attempt counted. */
+  private onLeaseRelease (from: string, drvPaths: string[]): void {
+    for (const p of drvPaths) {
+      const job = this.jobs.get(p)
+      if (job?.state !== 'leased' || job.worker !== from) continue
+      job.state = 'ready'
+      delete job.worker
+      delete job.leaseExpires
+      this.changed(job)
+    }
+  }
+
+  /** Running builds of other owners, to give back when this node stops. */
+  stolenItems (): WorkItem[] {
+    return [...this.running.values()].map(r => r.item).filter(i => i.owner !== this.config.selfId)
   }
 
   private onResult (from: string, drvPath: string, outcome: BuildOutcome): void {

@@ -203,3 +203,26 @@ describe('scheduler as thief', () => {
     assert.deepEqual(s.offer(), [{ system: 'x86_64-linux', requiredFeatures: [], count: 1 }])
   })
 })
+
+describe('scheduler across restarts and shutdowns', () => {
+  it('fetches the outputs of a job built elsewhere again after a restart instead of rebuilding it', () => {
+    const first = new Scheduler(config({ maxJobs: 0 }))
+    first.handle({ type: 'submit', submission: submission([spec('a')]) }, 0)
+    first.handle({ type: 'steal-request', requestId: 'r', from: 'T', capabilities: X86, want: 1 }, 0)
+    first.handle({ type: 'result', from: 'T', drvPath: '/nix/store/a.drv', outcome: ok }, 1)
+    const second = new Scheduler(config({ maxJobs: 1 }))
+    const d = second.handle({ type: 'restore', submissions: [first.submission('s1')!], jobs: first.submissionJobs('s1') }, 5)
+    assert.deepEqual(d.filter(x => x.type === 'import' || x.type === 'build').map(x => x.type), ['import'])
+  })
+
+  it('puts released jobs straight back in the deque without counting an attempt', () => {
+    const s = new Scheduler(config({ maxJobs: 0 }))
+    s.handle({ type: 'submit', submission: submission([spec('a')]) }, 0)
+    s.handle({ type: 'steal-request', requestId: 'r', from: 'T', capabilities: X86, want: 1 }, 0)
+    s.handle({ type: 'lease-release', from: 'other', drvPaths: ['/nix/store/a.drv'] }, 1)
+    assert.equal(s.job('/nix/store/a.drv')?.state, 'leased')
+    s.handle({ type: 'lease-release', from: 'T', drvPaths: ['/nix/store/a.drv'] }, 2)
+    assert.equal(s.job('/nix/store/a.drv')?.state, 'ready')
+    assert.equal(s.job('/nix/store/a.drv')?.attempts, 0)
+  })
+})

@@ -1,0 +1,105 @@
+// `meshbuild join`: run a node of the mesh in the foreground until SIGINT/SIGTERM.
+import { availableParallelism } from 'node:os'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Argv, CommandModule } from 'yargs'
+import { MeshNode } from '../../mesh/mesh-node.ts'
+import { startControlServer } from '../../control/control-server.ts'
+import { socketPath } from '../../control/control-client.ts'
+import { readLocalSystem } from '../../nix/local-system.ts'
+import { createLogger, isLogLevel } from '../../log.ts'
+import { DEFAULT_MESH_SECRET } from '../../../protocols/mesh/constants.ts'
+import { dataDirOption } from '../data-dir.ts'
+import { UsageError } from '../exit-codes.ts'
+
+interface JoinArgs {
+  'data-dir': string
+  listen: string[]
+  'max-jobs'?: number
+  systems?: string[]
+  features?: string[]
+  'mandatory-features': string[]
+  'speed-factor': number
+  'mesh-secret-file'?: string
+  bootstrap: string[]
+  mdns: boolean
+  'min-free-disk': number
+  'lease-seconds': number
+  'log-level': string
+}
+
+const list = (v: unknown): string[] => (Array.isArray(v) ? v : [v]).flatMap(x => String(x).split(/[\s,]+/)).filter(x => x !== '')
+
+export const joinCommand: CommandModule<object, JoinArgs> = {
+  command: 'join',
+  describe: 'Run a node of the mesh in the foreground',
+  builder: (y: Argv) => y
+    .option('data-dir', dataDirOption)
+    .option('listen', { type: 'array', string: true, default: ['/ip4/0.0.0.0/tcp/0'], describe: 'libp2p multiaddrs to listen on', coerce: list })
+    .option('max-jobs', { type: 'number', describe: 'Builds to run at once', defaultDescription: 'number of CPUs' })
+    .option('systems', { type: 'array', string: true, describe: 'Systems this node builds for', defaultDescription: 'Nix\'s system and extra-platforms', coerce: list })
+    .option('features', { type: 'array', string: true, describe: 'Supported system features', defaultDescription: 'Nix\'s system-features', coerce: list })
+    .option('mandatory-features', { type: 'array', string: true, default: [], describe: 'Features a derivation must require to be built here', coerce: list })
+    .option('speed-factor', { type: 'number', default: 1, describe: 'Relative speed of this machine (as in Nix machines files)' })
+    .option('mesh-secret-file', { type: 'string', describe: 'File holding the mesh secret; nodes with another secret cannot connect (env MESHBUILD_MESH_SECRET)' })
+    .option('bootstrap', { type: 'array', string: true, default: [], describe: 'Peers to dial at start (/ip4/…/tcp/…/p2p/…), where multicast does not reach', coerce: list })
+    .option('mdns', { type: 'boolean', default: true, describe: 'Find peers by mDNS (--no-mdns to disable)' })
+    .option('min-free-disk', { type: 'number', default: 1024, describe: 'MiB free in /nix/store below which the node takes no work' })
+    .option('lease-seconds', { type: 'number', default: 20, describe: 'How long a stolen job stays leased without renewal' })
+    .option('log-level', { type: 'string', default: process.env.MESHBUILD_LOG ?? 'info', choices: ['error', 'warn', 'info', 'debug'] })
+    .example('$0 join', 'join the mesh on this LAN with defaults from the local Nix')
+    .example('$0 join --max-jobs 4 --features big,kvm --speed-factor 2', 'a bigger builder') as unknown as Argv<JoinArgs>,
+  handler: async (args) => {
+    if (!isLogLevel(args['log-level'])) throw new UsageError(`unknown log level ${args['log-level']}`)
+    const log = createLogger('meshbuild', args['log-level'])
+    const local = await readLocalSystem()
+    const maxJobs = args['max-jobs'] ?? availableParallelism()
+    if (!Number.isInteger(maxJobs) || maxJobs < 0) throw new UsageError(`--max-jobs must be a whole number, not ${maxJobs}`)
+    if (!(args['speed-factor'] > 0)) throw new UsageError('--speed-factor must be positive')
+    const meshSecret = await readMeshSecret(args['mesh-secret-file'])
+    const node = await MeshNode.start({
+      dataDir: args['data-dir'],
+      listen: args.listen,
+      capabilities: {
+        systems: args.systems ?? [local.system, ...local.extraPlatforms],
+        features: args.features ?? local.systemFeatures,
+        mandatoryFeatures: args['mandatory-features']
+      },
+      maxJobs,
+      speedFactor: args['speed-factor'],
+      meshSecret,
+      bootstrap: args.bootstrap,
+      mdns: args.mdns,
+      leaseMs: args['lease-seconds'] * 1000,
+      minFreeDiskBytes: args['min-free-disk'] * 1024 * 1024,
+      log
+    })
+    const control = await startControlServer(node, socketPath(args['data-dir']), log.child('control'))
+    log.info(`node ${node.peerId} ready; control socket ${join(args['data-dir'], 'control.sock')}`)
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string): void => {
+        log.info(`${signal}: stopping`)
+        process.off('SIGINT', onInt)
+        process.off('SIGTERM', onTerm)
+        resolve()
+      }
+      const onInt = (): void => { stop('SIGINT') }
+      const onTerm = (): void => { stop('SIGTERM') }
+      process.on('SIGINT', onInt)
+      process.on('SIGTERM', onTerm)
+    })
+    control.close()
+    await node.stop()
+    log.info('stopped')
+  }
+}
+
+async function readMeshSecret (file: string | undefined): Promise<string> {
+  if (file !== undefined) {
+    const text = (await readFile(file, 'utf8')).trim()
+    if (text === '') throw new UsageError(`mesh secret file ${file} is empty`)
+    return text
+  }
+  const env = process.env.MESHBUILD_MESH_SECRET
+  return env !== undefined && env !== '' ? env : DEFAULT_MESH_SECRET
+}

@@ -1,0 +1,88 @@
+// `meshbuild status`: this node and its peers, then this node's submissions.
+import type { Argv, CommandModule } from 'yargs'
+import { controlCall } from '../../control/control-client.ts'
+import type { NodeFields, StatusReport } from '../../mesh/reports.ts'
+import { dataDirOption } from '../data-dir.ts'
+import { CommandFailed } from '../exit-codes.ts'
+
+interface StatusArgs {
+  'data-dir': string
+  json: boolean
+  watch: boolean
+  interval: number
+}
+
+export const statusCommand: CommandModule<object, StatusArgs> = {
+  command: 'status',
+  describe: 'Show the mesh: peers, their load and builds, and this node\'s submissions',
+  builder: (y: Argv) => y
+    .option('data-dir', dataDirOption)
+    .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object: self, peers, submissions' })
+    .option('watch', { type: 'boolean', default: false, describe: 'Refresh in place until interrupted' })
+    .option('interval', { type: 'number', default: 1, describe: 'Seconds between refreshes with --watch' }) as unknown as Argv<StatusArgs>,
+  handler: async (args) => {
+    const fetch = async (): Promise<StatusReport> => {
+      const reply = await controlCall(args['data-dir'], { op: 'status' })
+      if (!('status' in reply)) throw new CommandFailed('the node answered without a status')
+      return reply.status
+    }
+    if (!args.watch) {
+      const s = await fetch()
+      process.stdout.write(args.json ? `${JSON.stringify(s, null, 2)}\n` : renderStatus(s, new Date()))
+      return
+    }
+    for (;;) {
+      const s = await fetch()
+      process.stdout.write(args.json ? `${JSON.stringify(s)}\n` : `\x1b[H\x1b[2J${renderStatus(s, new Date())}`)
+      await new Promise(resolve => setTimeout(resolve, Math.max(0.2, args.interval) * 1000))
+    }
+  }
+}
+
+export function renderStatus (s: StatusReport, now: Date): string {
+  const rows: string[][] = [['PEER', 'ADDRESS', 'SYSTEMS', 'SLOTS', 'QUEUE', 'SPEED', 'BUILDING', 'LAST SEEN']]
+  const row = (n: NodeFields, self: boolean): string[] => [
+    `${shortId(n.peerId)}${self ? ' (self)' : ''}`,
+    n.addresses.find(a => !a.includes('/127.0.0.1/')) ?? n.addresses[0] ?? '-',
+    n.systems.join(','),
+    `${n.running}/${n.maxJobs}${n.diskLow ? ' disk low' : ''}`,
+    String(n.queued),
+    String(n.speedFactor),
+    n.building.length === 0 ? '-' : n.building.map(drvName).join(', '),
+    self ? 'now' : ago(now.getTime() - Date.parse(n.lastSeen))
+  ]
+  rows.push(row(s.self, true))
+  for (const p of s.peers) rows.push(row(p, false))
+  let out = table(rows)
+  out += '\n'
+  if (s.submissions.length === 0) {
+    out += 'No submissions on this node.\n'
+  } else {
+    const subs: string[][] = [['SUBMISSION', 'STATE', 'BUILT', 'RUNNING', 'QUEUED', 'FAILED', 'SUBMITTED']]
+    for (const x of s.submissions) {
+      const c = x.counts
+      subs.push([x.id, x.state, String((c.built ?? 0) + (c.substituted ?? 0)), String(c.running ?? 0),
+        String((c.queued ?? 0) + (c.waiting ?? 0)), String((c.failed ?? 0) + (c['dependency-failed'] ?? 0)), x.submittedAt])
+    }
+    out += table(subs)
+  }
+  return out
+}
+
+function table (rows: string[][]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map(r => (r[i] ?? '').length))) ?? []
+  return rows.map(r => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n') + '\n'
+}
+
+function shortId (id: string): string {
+  return id.length > 16 ? `${id.slice(0, 6)}…${id.slice(-6)}` : id
+}
+
+function drvName (p: string): string {
+  return p.replace(/^\/nix\/store\/[0-9a-z]{32}-/, '').replace(/\.drv$/, '')
+}
+
+function ago (ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000))
+  return s < 60 ? `${s}s ago` : `${Math.round(s / 60)}m ago`
+}

@@ -1,0 +1,468 @@
+// The composition root of a running node: the scheduler in the middle, the network, the Nix store
+// and LevelDB at the edges. Every event goes through dispatch(), which feeds the scheduler and
+// carries out its decisions.
+import { randomUUID } from 'node:crypto'
+import { mkdir, statfs } from 'node:fs/promises'
+import { loadavg } from 'node:os'
+import { join } from 'node:path'
+import { CliStore } from '../nix/cli-store.ts'
+import type { StoreBackend } from '../nix/store-backend.ts'
+import { Scheduler, SCHEDULER_DEFAULTS, type BuildOutcome, type Decision, type SchedulerEvent } from '../scheduler/scheduler.ts'
+import { TERMINAL_STATES, type Job, type WorkItem } from '../scheduler/job.ts'
+import type { MachineCapabilities } from '../scheduler/matching.ts'
+import { BEACON_INTERVAL_MS, PEER_EXPIRY_MS, TOPIC_BEACON, TOPIC_OFFER } from '../../protocols/mesh/constants.ts'
+import { LEASE, RESULT, STEAL } from '../../protocols/mesh/request-protocols.ts'
+import type { Beacon, ResultReport } from '../../protocols/mesh/messages.ts'
+import { MeshNetwork } from './network.ts'
+import { PeerTable } from './peer-table.ts'
+import { call, serve } from './rpc.ts'
+import { fetchClosure, serveStore } from './store-transfer.ts'
+import { runWorkItem } from './builder.ts'
+import { planSubmission } from './planner.ts'
+import { loadOrCreateIdentity } from './identity.ts'
+import { StateDb, type SubmissionRecord } from '../state/state-db.ts'
+import type { Logger } from '../log.ts'
+import { buildReport, type StatusReport, type SubmissionReport } from './reports.ts'
+
+export interface NodeOptions {
+  dataDir: string
+  listen: string[]
+  capabilities: MachineCapabilities
+  maxJobs: number
+  speedFactor: number
+  meshSecret: string
+  bootstrap?: string[]
+  mdns?: boolean
+  leaseMs?: number
+  /** Below this many free bytes in the Nix store the node takes no work. */
+  minFreeDiskBytes: number
+  log: Logger
+  store?: StoreBackend
+}
+
+export interface SubmitOptions {
+  priority: number
+  timeout?: number
+  maxSilentTime?: number
+}
+
+type SubmissionListener = (report: SubmissionReport) => void
+
+const TICK_MS = 500
+const DISK_CHECK_MS = 10_000
+const REPORT_RETRY_MS = 2_000
+const REPORT_GIVE_UP_MS = 10 * 60_000
+
+export class MeshNode {
+  readonly options: NodeOptions
+  readonly network: MeshNetwork
+  readonly store: StoreBackend
+  private readonly log: Logger
+  private readonly db: StateDb
+  private scheduler!: Scheduler
+  private readonly peers = new PeerTable(PEER_EXPIRY_MS)
+  private readonly builds = new Map<string, AbortController>()
+  private readonly listeners = new Map<string, Set<SubmissionListener>>()
+  private readonly records = new Map<string, SubmissionRecord>()
+  private timers: NodeJS.Timeout[] = []
+  private beaconSeq = 0
+  private offerSeq = 0
+  private lastOfferEmpty = true
+  private beaconDue = false
+  private freeDiskBytes = 0
+  private diskLow = false
+  private stopping = false
+  /** Builds this node ran, by outcome, since it started (for status and tests). */
+  readonly counters = { built: 0, failed: 0, stolen: 0 }
+
+  private constructor (options: NodeOptions, network: MeshNetwork) {
+    this.options = options
+    this.log = options.log
+    this.network = network
+    this.store = options.store ?? new CliStore({ settings: { systemFeatures: allFeatures(options.capabilities) } })
+    this.db = new StateDb(join(options.dataDir, 'state'))
+  }
+
+  static async start (options: NodeOptions): Promise<MeshNode> {
+    await mkdir(options.dataDir, { recursive: true, mode: 0o700 })
+    const privateKey = await loadOrCreateIdentity(join(options.dataDir, 'peer.key'))
+    const network = new MeshNetwork({
+      privateKey,
+      listen: options.listen,
+      meshSecret: options.meshSecret,
+      log: options.log.child('net'),
+      ...(options.bootstrap !== undefined ? { bootstrap: options.bootstrap } : {}),
+      ...(options.mdns !== undefined ? { mdns: options.mdns } : {})
+    })
+    const node = new MeshNode(options, network)
+    await node.startParts()
+    return node
+  }
+
+  get peerId (): string {
+    return this.network.peerId
+  }
+
+  private async startParts (): Promise<void> {
+    await this.db.open()
+    await this.checkDisk()
+    await this.network.start()
+    this.scheduler = new Scheduler({
+      selfId: this.network.peerId,
+      capabilities: this.options.capabilities,
+      maxJobs: this.options.maxJobs,
+      speedFactor: this.options.speedFactor,
+      leaseMs: this.options.leaseMs ?? SCHEDULER_DEFAULTS.leaseMs,
+      maxAttempts: SCHEDULER_DEFAULTS.maxAttempts,
+      stealBackoffMs: SCHEDULER_DEFAULTS.stealBackoffMs,
+      seed: hashSeed(this.network.peerId)
+    })
+    // Resume what the previous run of this node owned.
+    const [submissions, jobs] = await Promise.all([this.db.loadSubmissions(), this.db.loadJobs()])
+    for (const s of submissions) this.records.set(s.id, s)
+    if (submissions.length > 0) {
+      const open = submissions.filter(s => s.finished === undefined).length
+      this.log.info(`resuming: ${submissions.length} submissions on record, ${open} unfinished`)
+      this.dispatch({ type: 'restore', submissions, jobs })
+    }
+    this.dispatch({ type: 'disk', low: this.diskLow })
+
+    this.network.on('beacon', (from, beacon) => {
+      if (this.peers.beacon(from, beacon, Date.now())) this.peerChanged(from)
+    })
+    this.network.on('offer', (from, offer) => {
+      if (this.peers.offer(from, offer, Date.now())) this.peerChanged(from)
+    })
+    this.network.on('peer-connected', () => { this.beaconDue = true })
+    await serve(this.network, STEAL, (from, req) => {
+      const requestId = randomUUID()
+      const decisions = this.dispatch({
+        type: 'steal-request', requestId, from, want: req.want,
+        capabilities: { systems: req.systems, features: req.features, mandatoryFeatures: req.mandatoryFeatures }
+      })
+      const grant = decisions.find(d => d.type === 'grant' && d.requestId === requestId)
+      const items = grant?.type === 'grant' ? grant.items : []
+      if (items.length > 0) this.log.info(`lent ${items.length} job(s) to ${from}`)
+      return { leaseMs: this.scheduler.config.leaseMs, items: items.map(({ owner: _owner, ...rest }) => rest) }
+    })
+    await serve(this.network, LEASE, (from, req) => {
+      if (req.release !== undefined && req.release.length > 0) {
+        this.log.info(`${from} gave back ${req.release.length} job(s)`)
+        this.dispatch({ type: 'lease-release', from, drvPaths: req.release })
+      }
+      const requestId = randomUUID()
+      const decisions = this.dispatch({ type: 'lease-renew', requestId, from, drvPaths: req.renew })
+      const reply = decisions.find(d => d.type === 'renew-reply' && d.requestId === requestId)
+      return { lost: reply?.type === 'renew-reply' ? reply.lost : req.renew }
+    })
+    await serve(this.network, RESULT, (from, report) => {
+      const known = this.scheduler.job(report.drvPath) !== undefined
+      this.dispatch({ type: 'result', from, drvPath: report.drvPath, outcome: outcomeOf(report) })
+      return { accepted: known }
+    })
+    await serveStore(this.network, this.store, this.log.child('store'))
+
+    this.timers.push(setInterval(() => { this.onTick() }, TICK_MS))
+    this.timers.push(setInterval(() => { void this.publishBeacon() }, BEACON_INTERVAL_MS))
+    this.timers.push(setInterval(() => { void this.checkDisk().then(() => this.dispatch({ type: 'disk', low: this.diskLow })) }, DISK_CHECK_MS))
+    void this.publishBeacon()
+  }
+
+  /** Stops: gives stolen jobs back to their owners, aborts builds, closes everything. */
+  async stop (): Promise<void> {
+    if (this.stopping) return
+    this.stopping = true
+    for (const t of this.timers) clearInterval(t)
+    const byOwner = new Map<string, string[]>()
+    for (const item of this.scheduler.stolenItems()) {
+      byOwner.set(item.owner, [...(byOwner.get(item.owner) ?? []), item.drvPath])
+    }
+    for (const c of this.builds.values()) c.abort(new Error('node stopping'))
+    await Promise.allSettled([...byOwner].map(async ([owner, drvPaths]) => {
+      await call(this.network, owner, LEASE, { renew: [], release: drvPaths })
+      this.log.info(`gave ${drvPaths.length} job(s) back to ${owner}`)
+    }))
+    await this.db.flush()
+    await this.network.stop()
+    await this.db.close()
+  }
+
+  // --- control API --------------------------------------------------------------------------
+
+  async submit (drvPaths: string[], options: SubmitOptions): Promise<string> {
+    const id = `${new Date().toISOString().replace(/[-:]/g, '').slice(0, 15)}-${randomUUID().slice(0, 8)}`
+    const spec = await planSubmission(this.store, drvPaths, { id, now: Date.now(), ...options })
+    this.log.info(`submission ${id}: ${drvPaths.length} requested, ${spec.jobs.length} to build, ${spec.substituted.length} already available`)
+    this.dispatch({ type: 'submit', submission: spec })
+    const s = this.scheduler.submission(id)
+    if (s !== undefined) {
+      const record: SubmissionRecord = { ...s, ...(this.records.get(id)?.finished !== undefined ? { finished: this.records.get(id)?.finished } : {}) }
+      this.records.set(id, record)
+      this.db.putSubmission(record)
+    }
+    await this.db.flush()
+    return id
+  }
+
+  submissionReport (id: string): SubmissionReport | undefined {
+    const s = this.scheduler.submission(id)
+    if (s === undefined) return undefined
+    return buildReport(s, this.scheduler.submissionJobs(id), this.scheduler.isFinished(id))
+  }
+
+  /** Calls `listener` with the submission's report on every change until it finishes. */
+  watch (id: string, listener: SubmissionListener): () => void {
+    const set = this.listeners.get(id) ?? new Set()
+    set.add(listener)
+    this.listeners.set(id, set)
+    return () => { set.delete(listener) }
+  }
+
+  status (): StatusReport {
+    const now = Date.now()
+    const self = this.beacon()
+    return {
+      self: { peerId: this.peerId, ...this.statusFields(self), addresses: this.network.addresses(), lastSeen: new Date(now).toISOString() },
+      peers: this.peers.list().map(p => ({
+        peerId: p.peerId,
+        ...this.statusFields(p.beacon),
+        addresses: this.network.peerAddresses(p.peerId).length > 0 ? this.network.peerAddresses(p.peerId) : p.beacon.addresses,
+        lastSeen: new Date(p.lastSeen).toISOString()
+      })),
+      submissions: this.scheduler.submissionIds().map(id => {
+        const r = this.submissionReport(id)
+        return { id, state: r?.state ?? 'running', counts: r?.counts ?? {}, submittedAt: new Date(this.scheduler.submission(id)?.submittedAt ?? 0).toISOString() }
+      }),
+      counters: { ...this.counters }
+    }
+  }
+
+  private statusFields (b: Beacon): Omit<StatusReport['self'], 'peerId' | 'addresses' | 'lastSeen'> {
+    return {
+      systems: b.systems,
+      features: b.features,
+      mandatoryFeatures: b.mandatoryFeatures,
+      maxJobs: b.maxJobs,
+      running: b.running,
+      queued: b.queued,
+      speedFactor: b.speedFactor,
+      load: b.load,
+      freeDiskBytes: b.freeDiskBytes,
+      diskLow: b.diskLow,
+      building: b.building,
+      ...(b.signingKey !== undefined ? { signingKey: b.signingKey } : {})
+    }
+  }
+
+  // --- the loop -----------------------------------------------------------------------------
+
+  private dispatch (event: SchedulerEvent): Decision[] {
+    const decisions = this.scheduler.handle(event, Date.now())
+    for (const d of decisions) this.execute(d)
+    return decisions
+  }
+
+  private execute (d: Decision): void {
+    switch (d.type) {
+      case 'build': this.startBuild(d.item); break
+      case 'abort': this.builds.get(runKey(d.owner, d.drvPath))?.abort(new Error('lease lost')); break
+      case 'steal': void this.steal(d.from, d.want); break
+      case 'renew': void this.renew(d.owner, d.drvPaths); break
+      case 'report': void this.report(d.owner, d.drvPath, d.outcome); break
+      case 'import': void this.importOutputs(d.from, d.drvPath, d.outputs); break
+      case 'job-changed': this.jobChanged(d.job); break
+      case 'submission-finished': this.submissionFinished(d.id, d.ok); break
+      case 'grant': case 'renew-reply': break // answered by the protocol handler that asked
+    }
+    if (d.type === 'build' || d.type === 'job-changed' || d.type === 'submission-finished') this.beaconDue = true
+  }
+
+  private onTick (): void {
+    for (const gone of this.peers.expire(Date.now())) {
+      this.log.info(`peer ${gone} went silent`)
+      this.dispatch({ type: 'peer-lost', peerId: gone })
+    }
+    this.dispatch({ type: 'tick' })
+    if (this.beaconDue) void this.publishBeacon()
+  }
+
+  private peerChanged (peerId: string): void {
+    const view = this.peers.view(peerId)
+    if (view !== undefined) this.dispatch({ type: 'peer-seen', peer: view })
+  }
+
+  private startBuild (item: WorkItem): void {
+    const key = runKey(item.owner, item.drvPath)
+    const controller = new AbortController()
+    this.builds.set(key, controller)
+    if (item.owner !== this.peerId) this.counters.stolen++
+    void runWorkItem({
+      selfId: this.peerId,
+      store: this.store,
+      network: this.network,
+      log: this.log.child('build'),
+      logDir: join(this.options.dataDir, 'logs'),
+      systemFeatures: allFeatures(this.options.capabilities)
+    }, item, controller.signal).then((outcome) => {
+      this.builds.delete(key)
+      if (controller.signal.aborted) return
+      if (outcome.ok) this.counters.built++
+      else this.counters.failed++
+      this.dispatch({ type: 'build-finished', owner: item.owner, drvPath: item.drvPath, outcome })
+    })
+  }
+
+  private async steal (from: string, want: number): Promise<void> {
+    const caps = this.options.capabilities
+    try {
+      const grant = await call(this.network, from, STEAL, {
+        want: Math.min(want, 64), systems: [...caps.systems], features: [...caps.features], mandatoryFeatures: [...caps.mandatoryFeatures]
+      })
+      if (grant.items.length > 0) this.log.info(`stole ${grant.items.length} job(s) from ${from}`)
+      this.dispatch({ type: 'steal-reply', from, items: grant.items.map(i => ({ ...i, owner: from })) })
+    } catch (err) {
+      this.log.debug(`steal from ${from} failed: ${(err as Error).message}`)
+      this.dispatch({ type: 'steal-failed', from, error: (err as Error).message })
+    }
+  }
+
+  private async renew (owner: string, drvPaths: string[]): Promise<void> {
+    try {
+      const reply = await call(this.network, owner, LEASE, { renew: drvPaths })
+      if (reply.lost.length > 0) {
+        this.log.warn(`${owner} says ${reply.lost.length} lease(s) lapsed; aborting those builds`)
+        this.dispatch({ type: 'lease-lost', owner, drvPaths: reply.lost })
+      }
+    } catch (err) {
+      // The owner may be restarting; keep building and try again at the next renewal.
+      this.log.debug(`renewing leases with ${owner} failed: ${(err as Error).message}`)
+    }
+  }
+
+  /** Tells the owner how a stolen job went, retrying while the owner is unreachable. */
+  private async report (owner: string, drvPath: string, outcome: BuildOutcome): Promise<void> {
+    const report: ResultReport = outcome.ok
+      ? { drvPath, ok: true, outputs: outcome.outputs }
+      : { drvPath, ok: false, failure: { ...outcome.failure, logTail: outcome.failure.logTail?.slice(-40).map(l => l.slice(0, 4000)) } }
+    const deadline = Date.now() + REPORT_GIVE_UP_MS
+    while (!this.stopping) {
+      try {
+        await call(this.network, owner, RESULT, report)
+        return
+      } catch (err) {
+        if (Date.now() > deadline) {
+          this.log.warn(`gave up reporting ${drvPath} to ${owner}: ${(err as Error).message}`)
+          return
+        }
+        this.log.debug(`reporting ${drvPath} to ${owner} failed, retrying: ${(err as Error).message}`)
+        await new Promise(resolve => setTimeout(resolve, REPORT_RETRY_MS))
+      }
+    }
+  }
+
+  private async importOutputs (from: string, drvPath: string, outputs: Record<string, string>): Promise<void> {
+    try {
+      const r = await fetchClosure(this.network, this.store, from, Object.values(outputs))
+      this.log.info(`${drvPath} built by ${from}; fetched ${r.imported.length} path(s), ${r.bytes} bytes`)
+      this.dispatch({ type: 'import-finished', from, drvPath })
+    } catch (err) {
+      this.log.warn(`fetching outputs of ${drvPath} from ${from} failed: ${(err as Error).message}`)
+      this.dispatch({ type: 'import-finished', from, drvPath, error: (err as Error).message })
+    }
+  }
+
+  private jobChanged (job: Job): void {
+    this.db.putJob(job)
+    if (TERMINAL_STATES.has(job.state) && job.state !== 'substituted') {
+      this.log.debug(`${job.drvPath}: ${job.state}`)
+    }
+    for (const id of job.submissions) this.notify(id)
+  }
+
+  private submissionFinished (id: string, ok: boolean): void {
+    const s = this.scheduler.submission(id)
+    const known = this.records.get(id)
+    if (s !== undefined && known?.finished === undefined) {
+      const record: SubmissionRecord = { ...s, finished: { ok, at: Date.now() } }
+      this.records.set(id, record)
+      this.db.putSubmission(record)
+      this.log.info(`submission ${id} finished: ${ok ? 'all built' : 'some failed'}`)
+    }
+    this.notify(id)
+  }
+
+  private notify (id: string): void {
+    const set = this.listeners.get(id)
+    if (set === undefined || set.size === 0) return
+    const report = this.submissionReport(id)
+    if (report === undefined) return
+    for (const l of set) l(report)
+  }
+
+  // --- gossip -------------------------------------------------------------------------------
+
+  private beacon (): Beacon {
+    const caps = this.options.capabilities
+    const running = this.scheduler.runningItems()
+    return {
+      v: 1,
+      seq: this.beaconSeq,
+      systems: [...caps.systems],
+      features: [...caps.features],
+      mandatoryFeatures: [...caps.mandatoryFeatures],
+      maxJobs: this.options.maxJobs,
+      running: running.length,
+      queued: this.scheduler.queuedCount(),
+      speedFactor: this.options.speedFactor,
+      load: Math.round((loadavg()[0] ?? 0) * 100) / 100,
+      freeDiskBytes: this.freeDiskBytes,
+      diskLow: this.diskLow,
+      building: running.map(i => i.drvPath).slice(0, 64),
+      addresses: this.network.addresses().slice(0, 32)
+    }
+  }
+
+  private async publishBeacon (): Promise<void> {
+    if (this.stopping) return
+    this.beaconDue = false
+    this.beaconSeq++
+    await this.network.publish(TOPIC_BEACON, this.beacon())
+    const entries = this.scheduler.offer()
+    if (entries.length > 0 || !this.lastOfferEmpty) {
+      this.offerSeq++
+      await this.network.publish(TOPIC_OFFER, { v: 1, seq: this.offerSeq, entries })
+    }
+    this.lastOfferEmpty = entries.length === 0
+  }
+
+  private async checkDisk (): Promise<void> {
+    try {
+      const s = await statfs('/nix/store')
+      this.freeDiskBytes = s.bavail * s.bsize
+      const low = this.freeDiskBytes < this.options.minFreeDiskBytes
+      if (low !== this.diskLow) this.log.warn(low ? `only ${this.freeDiskBytes} bytes free in /nix/store: taking no work` : 'enough disk again: taking work')
+      this.diskLow = low
+    } catch {
+      this.freeDiskBytes = 0
+    }
+  }
+}
+
+function runKey (owner: string, drvPath: string): string {
+  return `${owner}\n${drvPath}`
+}
+
+function allFeatures (caps: MachineCapabilities): string[] {
+  return [...new Set([...caps.features, ...caps.mandatoryFeatures])]
+}
+
+function outcomeOf (report: ResultReport): BuildOutcome {
+  if (report.ok) return { ok: true, outputs: report.outputs ?? {} }
+  return { ok: false, failure: report.failure ?? { kind: 'transient', message: 'worker gave no reason' } }
+}
+
+function hashSeed (s: string): number {
+  let h = 2166136261
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619)
+  return h >>> 0
+}

@@ -1,0 +1,82 @@
+// Turns a list of .drv paths into a submission: reads each derivation and the input derivations
+// it needs, drops those whose outputs are already valid locally (they and their inputs need no
+// build), and records what remains as jobs with their dependencies.
+import { inputDrvPaths, outputPaths, readDerivation, requiredSystemFeatures, type Derivation } from '../../protocols/nix/derivation.ts'
+import type { StoreBackend } from '../nix/store-backend.ts'
+import type { JobSpec, SubmissionSpec } from '../scheduler/job.ts'
+
+export class SubmissionError extends Error {
+  override name = 'SubmissionError'
+}
+
+export interface PlanOptions {
+  id: string
+  priority: number
+  timeout?: number
+  maxSilentTime?: number
+  now: number
+  /** Asks the shared cache (when there is one) which output paths it can substitute. */
+  substitutable?: (paths: string[]) => Promise<Set<string>>
+}
+
+export async function planSubmission (store: StoreBackend, requested: string[], options: PlanOptions): Promise<SubmissionSpec> {
+  const validDrvs = await store.isValid(requested)
+  const absent = requested.filter(p => !validDrvs.has(p))
+  if (absent.length > 0) throw new SubmissionError(`not valid in the local store: ${absent.join(', ')}`)
+
+  const drvs = new Map<string, Derivation>()
+  const specs = new Map<string, JobSpec>()
+  const substituted: JobSpec[] = []
+  const jobs: JobSpec[] = []
+  // Breadth-first by levels, one validity query per level.
+  let level = [...new Set(requested)]
+  while (level.length > 0) {
+    const fresh = level.filter(p => !drvs.has(p))
+    for (const p of fresh) {
+      try {
+        drvs.set(p, await readDerivation(p))
+      } catch (err) {
+        throw new SubmissionError(`cannot read ${p}: ${(err as Error).message}`)
+      }
+    }
+    const outputsOf = new Map(fresh.map(p => [p, [...outputPaths(drvs.get(p) as Derivation).values()]]))
+    const allOutputs = [...outputsOf.values()].flat().filter(o => o !== '')
+    const valid = await store.isValid(allOutputs)
+    const cached = options.substitutable !== undefined ? await options.substitutable(allOutputs.filter(o => !valid.has(o))) : new Set<string>()
+    const next: string[] = []
+    for (const p of fresh) {
+      const drv = drvs.get(p) as Derivation
+      const outs = outputsOf.get(p) ?? []
+      const spec: JobSpec = {
+        drvPath: p,
+        outputs: Object.fromEntries(outputPaths(drv)),
+        inputJobs: [],
+        system: drv.system,
+        requiredFeatures: requiredSystemFeatures(drv)
+      }
+      specs.set(p, spec)
+      const available = outs.length > 0 && outs.every(o => o !== '' && (valid.has(o) || cached.has(o)))
+      if (available) {
+        substituted.push(spec)
+      } else {
+        jobs.push(spec)
+        next.push(...inputDrvPaths(drv))
+      }
+    }
+    level = [...new Set(next)]
+  }
+  const jobSet = new Set(jobs.map(j => j.drvPath))
+  for (const j of jobs) {
+    j.inputJobs = inputDrvPaths(drvs.get(j.drvPath) as Derivation).filter(i => jobSet.has(i))
+  }
+  return {
+    id: options.id,
+    requested,
+    jobs,
+    substituted,
+    priority: options.priority,
+    ...(options.timeout !== undefined ? { timeout: options.timeout } : {}),
+    ...(options.maxSilentTime !== undefined ? { maxSilentTime: options.maxSilentTime } : {}),
+    submittedAt: options.now
+  }
+}

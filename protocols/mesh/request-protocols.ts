@@ -1,0 +1,24 @@
+// The request/response protocols of the mesh: one request message, one reply, then the stream
+// closes. Each is named by its protocol id and the validators of its two messages.
+//
+// steal:  1. the thief writes {want, systems, features, mandatoryFeatures};
+//         2. the owner replies {leaseMs, items}: jobs now leased to the thief, possibly none.
+// lease:  1. the worker writes {renew, release?}: jobs it still builds, jobs it gives back;
+//         2. the owner replies {lost}: renewed jobs whose lease the worker no longer holds.
+// result: 1. the worker writes {drvPath, ok, outputs | failure};
+//         2. the owner replies {accepted}, then fetches the outputs over the nar protocol.
+import { PROTOCOL_LEASE, PROTOCOL_RESULT, PROTOCOL_STEAL } from './constants.ts'
+import {
+  validateLeaseReply, validateLeaseRequest, validateResultAck, validateResultReport, validateStealGrant,
+  validateStealRequest
+} from './messages.ts'
+
+export interface RequestProtocol<Req, Rep> {
+  id: string
+  validateRequest: (v: unknown) => Req
+  validateReply: (v: unknown) => Rep
+}
+
+export const STEAL = { id: PROTOCOL_STEAL, validateRequest: validateStealRequest, validateReply: validateStealGrant }
+export const LEASE = { id: PROTOCOL_LEASE, validateRequest: validateLeaseRequest, validateReply: validateLeaseReply }
+export const RESULT = { id: PROTOCOL_RESULT, validateRequest: validateResultReport, validateReply: validateResultAck }
