@@ -65,8 +65,10 @@ export class MeshNode {
   private readonly listeners = new Map<string, Set<SubmissionListener>>()
   private readonly records = new Map<string, SubmissionRecord>()
   private timers: NodeJS.Timeout[] = []
-  private beaconSeq = 0
-  private offerSeq = 0
+  // Sequence numbers start from the clock so that a restarted node's messages are newer than
+  // the ones its peers remember from before.
+  private beaconSeq = Date.now()
+  private offerSeq = Date.now()
   private lastOfferEmpty = true
   private beaconDue = false
   private freeDiskBytes = 0

@@ -539,6 +539,10 @@ export class TestHost {
    */
   nixEnv (settings: NixSettings = {}, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
     const env = nixEnv(settings, base)
+    // Hosts share the machine's users and PID namespace but not /nix/var/nix/userpool: two hosts
+    // would take the same nixbld user, and Nix kills every process of a build user before a build
+    // starts, so one host's build killed another's. Builds in test hosts run as root instead.
+    env.NIX_CONFIG = `${env.NIX_CONFIG ?? ''}\nbuild-users-group =`
     delete env.NIX_REMOTE
     env.XDG_CACHE_HOME = join(this.root, 'cache')
     return env

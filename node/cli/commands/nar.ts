@@ -1,6 +1,6 @@
 // `meshbuild nar dump-path PATH` and `meshbuild nar restore DIR`: the NAR codec on the command
 // line, byte-compatible with `nix-store --dump` and `nix-store --restore`.
-import { read, write } from 'node:fs'
+import { read } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import type { Argv, CommandModule } from 'yargs'
@@ -12,10 +12,8 @@ import { CommandFailed, ExitCode } from '../exit-codes.ts'
 /** Exit code after SIGINT/SIGTERM, as shells report a signal death (128 + SIGINT). */
 const INTERRUPTED = 130
 const STDIN = 0
-const STDOUT = 1
 /** stdin is read in pieces of this size. */
 const READ_CHUNK = 1024 * 1024
-const fsWrite = promisify(write)
 const fsRead = promisify(read)
 
 interface DumpArgs { path: string }
@@ -31,7 +29,7 @@ const dumpPathCommand: CommandModule<object, DumpArgs> = {
   handler: async (args) => {
     try {
       const pool = new ChunkPool()
-      await writeChunksToFd(STDOUT, encodeNar(args.path, { pool }), pool)
+      await writeChunks(process.stdout, encodeNar(args.path, { pool }), pool)
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code
       if (err instanceof NarUnsupportedFileError || err instanceof NarFileChangedError) throw new CommandFailed(err.message)
@@ -85,33 +83,27 @@ export const narCommand: CommandModule = {
 }
 
 /**
- * Writes every chunk to file descriptor `fd` (stdout) with fs.write rather than through
- * process.stdout: each chunk is known to be written when its write resolves, so it goes back to
- * the pool (memory stays at a few chunks), and the next chunk is read from disk while the
- * previous one is being written (one write in flight). Backpressure is the write itself:
+ * Writes every chunk to `out` (stdout), one write in flight: the next chunk is read from disk
+ * while the previous one is being written, and a chunk goes back to the pool once its write
+ * callback says the kernel has it, so memory stays at a few chunks. Backpressure is the callback:
  * nothing more is read until the reader of the pipe has taken the previous chunk.
+ * (Not fs.write on fd 1: by the time a command runs, stdout is usually a non-blocking pipe
+ * — loading yargs touches process.stdout — and thread-pool writes then spin on EAGAIN.)
  */
-async function writeChunksToFd (fd: number, chunks: AsyncIterable<Uint8Array>, pool: ChunkPool): Promise<void> {
+async function writeChunks (out: NodeJS.WritableStream, chunks: AsyncIterable<Uint8Array>, pool: ChunkPool): Promise<void> {
   let inflight: Promise<void> | undefined
   for await (const chunk of chunks) {
     await inflight
-    inflight = writeFully(fd, chunk).then(() => pool.release(chunk))
+    inflight = new Promise<void>((resolve, reject) => {
+      out.write(chunk, err => {
+        if (err != null) { reject(err); return }
+        pool.release(chunk)
+        resolve()
+      })
+    })
     inflight.catch(() => {}) // awaited on the next turn; this only keeps it from counting as unhandled meanwhile
   }
   await inflight
-}
-
-async function writeFully (fd: number, chunk: Uint8Array): Promise<void> {
-  let done = 0
-  while (done < chunk.length) {
-    try {
-      done += (await fsWrite(fd, chunk, done, chunk.length - done)).bytesWritten
-    } catch (err) {
-      // A non-blocking descriptor (a pipe someone opened in that mode) that is full: wait a little.
-      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err
-      await sleep(1)
-    }
-  }
 }
 
 /**

@@ -40,10 +40,12 @@ export const submitCommand: CommandModule<object, SubmitArgs> = {
       const v = args[k]
       if (v !== undefined && (!Number.isInteger(v) || v <= 0)) throw new UsageError(`--${k} must be a positive whole number of seconds`)
     }
-    const source = args.file === '-' ? '<stdin>' : args.file
+    // yargs hands a lone '-' positional over as ''.
+    const fromStdin = args.file === '-' || args.file === ''
+    const source = fromStdin ? '<stdin>' : args.file
     let text: string
     try {
-      text = args.file === '-' ? await readStdin() : await readFile(args.file, 'utf8')
+      text = fromStdin ? await readStdin() : await readFile(args.file, 'utf8')
     } catch (err) {
       throw new CommandFailed(`cannot read ${source}: ${(err as Error).message}`)
     }

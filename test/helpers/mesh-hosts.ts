@@ -1,0 +1,99 @@
+// Runs real meshbuild nodes inside test hosts (test-hosts.ts) and drives them with the real CLI.
+import { createWriteStream } from 'node:fs'
+import { mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { ChildProcess } from 'node:child_process'
+import { waitForOutput, type TestHost, type TestNetwork, type HostExecResult } from './test-hosts.ts'
+import type { StatusReport, SubmissionReport } from '../../node/mesh/reports.ts'
+import { waitFor } from './wait.ts'
+
+export const MESHBUILD_BIN = fileURLToPath(new URL('../../bin/meshbuild.js', import.meta.url))
+
+export interface MeshNodeHandle {
+  host: TestHost
+  dataDir: string
+  child: ChildProcess
+  peerId: string
+  logFile: string
+}
+
+export interface StartNodeOptions {
+  args?: string[]
+  /** Reuse a data dir (restart); default: a fresh one per host. */
+  dataDir?: string
+}
+
+/** Starts `meshbuild join` in the host and waits until its control socket is up. */
+export async function startNode (net: TestNetwork, host: TestHost, options: StartNodeOptions = {}): Promise<MeshNodeHandle> {
+  const dataDir = options.dataDir ?? join(net.sharedDir, `node-${host.index}`)
+  // MESHBUILD_TEST_LOGS=DIR keeps the nodes' logs after the test hosts are gone.
+  const logDir = process.env.MESHBUILD_TEST_LOGS ?? net.sharedDir
+  await mkdir(logDir, { recursive: true })
+  const logFile = join(logDir, `${host.name}.log`)
+  const child = host.spawn(process.execPath, [
+    MESHBUILD_BIN, 'join', '--data-dir', dataDir, '--listen', `/ip4/${host.address}/tcp/0`,
+    '--log-level', 'debug', '--lease-seconds', '6', ...(options.args ?? [])
+  ])
+  const log = createWriteStream(logFile, { flags: 'a' })
+  child.stderr?.pipe(log)
+  const m = await waitForOutput(child, /node (\S+) ready/, { stream: 'stderr', timeoutMs: 20_000 })
+  return { host, dataDir, child, peerId: m[1] ?? '', logFile }
+}
+
+/** Sends SIGTERM and waits for the node to exit. */
+export async function stopNode (node: MeshNodeHandle, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (node.child.exitCode !== null || node.child.signalCode !== null) return
+  const exited = new Promise<void>((resolve) => { node.child.once('exit', () => { resolve() }) })
+  node.child.kill(signal)
+  await Promise.race([exited, new Promise((_resolve, reject) => setTimeout(() => { reject(new Error(`node in ${node.host.name} did not exit after ${signal}`)) }, 15_000))])
+}
+
+export async function cli (node: MeshNodeHandle, args: string[], input?: string, timeoutMs = 180_000): Promise<HostExecResult> {
+  return await node.host.exec(process.execPath, [MESHBUILD_BIN, ...args, '--data-dir', node.dataDir], {
+    timeoutMs,
+    ...(input !== undefined ? { input } : {})
+  })
+}
+
+export async function status (node: MeshNodeHandle): Promise<StatusReport> {
+  const r = await cli(node, ['status', '--json'], undefined, 20_000)
+  if (r.code !== 0) throw new Error(`status failed (${r.code}): ${r.stderr}`)
+  return JSON.parse(r.stdout) as StatusReport
+}
+
+/** Waits until every node sees every other as a peer. */
+export async function waitForMesh (nodes: MeshNodeHandle[], timeoutMs = 30_000): Promise<void> {
+  await waitFor(async () => {
+    for (const n of nodes) {
+      const s = await status(n)
+      const seen = new Set(s.peers.map(p => p.peerId))
+      if (!nodes.every(o => o === n || seen.has(o.peerId))) return false
+    }
+    return true
+  }, timeoutMs, `${nodes.length} nodes to see each other by mDNS`, 300)
+}
+
+/** Instantiates `expr` (Nix text) inside the host; returns the .drv paths of the given attributes. */
+export async function instantiateIn (net: TestNetwork, host: TestHost, expr: string, attrs: string[]): Promise<string[]> {
+  const file = join(net.sharedDir, `expr-${Math.random().toString(36).slice(2)}.nix`)
+  await writeFile(file, expr)
+  const out = await host.execText('nix-instantiate', [file, ...attrs.flatMap(a => ['-A', a])])
+  return out.trim().split('\n').filter(l => l !== '')
+}
+
+export interface SubmitOutcome {
+  code: number
+  stdout: string
+  stderr: string
+  report?: { id: string, state: SubmissionReport['state'], results: SubmissionReport['results'] }
+}
+
+export async function submit (node: MeshNodeHandle, drvPaths: string[], args: string[] = []): Promise<SubmitOutcome> {
+  const r = await cli(node, ['submit', '-', '--json', ...args], drvPaths.join('\n') + '\n')
+  let report: SubmitOutcome['report']
+  try {
+    report = JSON.parse(r.stdout) as SubmitOutcome['report']
+  } catch {}
+  return { code: r.code, stdout: r.stdout, stderr: r.stderr, ...(report !== undefined ? { report } : {}) }
+}
