@@ -44,7 +44,7 @@ export function renderStatus (s: StatusReport, now: Date): string {
   const row = (n: NodeFields, self: boolean): string[] => [
     `${shortId(n.peerId)}${self ? ' (self)' : ''}`,
     n.addresses.find(a => !a.includes('/127.0.0.1/')) ?? n.addresses[0] ?? '-',
-    n.systems.join(','),
+    n.systems.length > 2 ? `${n.systems.slice(0, 1).join(',')} +${n.systems.length - 1}` : n.systems.join(','),
     `${n.running}/${n.maxJobs}${n.diskLow ? ' disk low' : ''}`,
     String(n.queued),
     String(n.speedFactor),
