@@ -212,6 +212,13 @@ describe('NAR against the real Nix', () => {
       assert.match(r.stderr, /already exists/)
     })
 
+    it('dump-path stops quietly when its reader goes away (EPIPE)', async () => {
+      const script = `${JSON.stringify(process.execPath)} ${JSON.stringify(MESHBUILD)} nar dump-path ${JSON.stringify(tree)} | head -c 100 > /dev/null; echo "exit=\${PIPESTATUS[0]}"`
+      const r = await exec('bash', ['-c', script], { signal: AbortSignal.timeout(60_000) })
+      assert.equal(r.stdout.toString().trim(), 'exit=1')
+      assert.doesNotMatch(r.stderr, /Unhandled|at .*\.ts/)
+    })
+
     it('dump-path of a missing path exits 1', async () => {
       const r = await cli(['nar', 'dump-path', join(base, 'no-such-path')])
       assert.equal(r.code, 1)

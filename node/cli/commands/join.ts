@@ -3,8 +3,6 @@ import { availableParallelism } from 'node:os'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Argv, CommandModule } from 'yargs'
-import { MeshNode } from '../../mesh/mesh-node.ts'
-import { startControlServer } from '../../control/control-server.ts'
 import { socketPath } from '../../control/control-client.ts'
 import { readLocalSystem } from '../../nix/local-system.ts'
 import { createLogger, isLogLevel } from '../../log.ts'
@@ -57,6 +55,10 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     if (!Number.isInteger(maxJobs) || maxJobs < 0) throw new UsageError(`--max-jobs must be a whole number, not ${maxJobs}`)
     if (!(args['speed-factor'] > 0)) throw new UsageError('--speed-factor must be positive')
     const meshSecret = await readMeshSecret(args['mesh-secret-file'])
+    // Loaded here, not at the top: libp2p takes a few hundred ms to load, which every other
+    // command (and --help) would pay for.
+    const { MeshNode } = await import('../../mesh/mesh-node.ts')
+    const { startControlServer } = await import('../../control/control-server.ts')
     const node = await MeshNode.start({
       dataDir: args['data-dir'],
       listen: args.listen,

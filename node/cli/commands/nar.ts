@@ -1,6 +1,7 @@
 // `meshbuild nar dump-path PATH` and `meshbuild nar restore DIR`: the NAR codec on the command
 // line, byte-compatible with `nix-store --dump` and `nix-store --restore`.
-import { read } from 'node:fs'
+import { fstatSync, read } from 'node:fs'
+import { Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import type { Argv, CommandModule } from 'yargs'
@@ -53,7 +54,7 @@ const restoreCommand: CommandModule<object, RestoreArgs> = {
     process.once('SIGINT', stop)
     process.once('SIGTERM', stop)
     try {
-      await restoreNar(readFdChunks(STDIN, abort.signal), args.dir, { signal: abort.signal })
+      await restoreNar(stdinChunks(abort.signal), args.dir, { signal: abort.signal })
     } catch (err) {
       if (abort.signal.aborted) {
         process.stderr.write(`meshbuild: restore of '${args.dir}' interrupted; nothing was written\n`)
@@ -91,6 +92,8 @@ export const narCommand: CommandModule = {
  * — loading yargs touches process.stdout — and thread-pool writes then spin on EAGAIN.)
  */
 async function writeChunks (out: NodeJS.WritableStream, chunks: AsyncIterable<Uint8Array>, pool: ChunkPool): Promise<void> {
+  // The write callback carries the error; without a listener the 'error' event would crash us.
+  out.on('error', () => {})
   let inflight: Promise<void> | undefined
   for await (const chunk of chunks) {
     await inflight
@@ -135,5 +138,55 @@ async function * readFdChunks (fd: number, signal: AbortSignal): AsyncGenerator<
     next = readInto(buffers[which]!)
     next.catch(() => {}) // awaited on the next turn
     yield chunk
+  }
+}
+
+/**
+ * stdin as chunks that are valid until the next is asked for. A pipe or socket is read by the
+ * event loop straight into one reused buffer (net.Socket `onread`, paused between chunks): no
+ * thread-pool trip per 64 KiB pipe read and no garbage buffer per read. Anything else (a
+ * file, a terminal) is read with fs.read in two alternating buffers.
+ */
+function stdinChunks (signal: AbortSignal): AsyncIterable<Uint8Array> {
+  const st = fstatSync(STDIN)
+  if (!st.isFIFO() && !st.isSocket()) return readFdChunks(STDIN, signal)
+  return socketChunks(STDIN, signal)
+}
+
+async function * socketChunks (fd: number, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+  const buffer = Buffer.allocUnsafeSlow(READ_CHUNK)
+  let waiting: { resolve: (n: number) => void, reject: (err: unknown) => void } | undefined
+  let ended = false
+  let failure: Error | undefined
+  const socket = new Socket({
+    fd,
+    readable: true,
+    writable: false,
+    onread: {
+      buffer,
+      callback: (n: number) => {
+        waiting?.resolve(n)
+        waiting = undefined
+        return false // pause until the consumer is done with this chunk
+      }
+    }
+  })
+  socket.on('end', () => { ended = true; waiting?.resolve(0) })
+  socket.on('error', (err: Error) => { failure = err; waiting?.reject(err) })
+  const onAbort = (): void => { waiting?.reject(signal.reason) }
+  signal.addEventListener('abort', onAbort)
+  try {
+    for (;;) {
+      if (failure != null) throw failure
+      if (ended) return
+      const next = new Promise<number>((resolve, reject) => { waiting = { resolve, reject } })
+      socket.resume()
+      const n = await next
+      if (n === 0) return
+      yield buffer.subarray(0, n)
+    }
+  } finally {
+    signal.removeEventListener('abort', onAbort)
+    socket.destroy()
   }
 }

@@ -1,0 +1,25 @@
+// `npm run bench`: runs each benchmark module in turn and prints its rows as a table.
+// A benchmark module exports `run(): Promise<BenchRow[]>`; add new ones to the list below.
+
+export type BenchRow = Record<string, string | number>
+
+interface BenchModule { run: () => Promise<BenchRow[]> }
+
+const benches: Array<{ name: string, load: () => Promise<BenchModule> }> = [
+  { name: 'nar', load: async () => await import('./nar.ts') }
+]
+
+const only = process.argv.slice(2)
+let failed = false
+for (const bench of benches) {
+  if (only.length > 0 && !only.includes(bench.name)) continue
+  process.stdout.write(`\n== ${bench.name}\n`)
+  try {
+    const rows = await (await bench.load()).run()
+    console.table(rows)
+  } catch (err) {
+    failed = true
+    process.stderr.write(`bench ${bench.name} failed: ${(err as Error).stack ?? String(err)}\n`)
+  }
+}
+process.exitCode = failed ? 1 : 0
