@@ -100,7 +100,9 @@ export class MeshNetwork {
           emitSelf: false,
           // Small meshes: send to every subscribed peer rather than a sampled subset.
           floodPublish: true,
-          maxInboundDataLength: MAX_GOSSIP_BYTES * 4
+          // Our messages are at most MAX_GOSSIP_BYTES, but gossipsub's own control frames (IHAVE
+          // lists) grow with the mesh; a frame over this limit silences the peer's gossip stream.
+          maxInboundDataLength: 1024 * 1024
         })
       }
     })

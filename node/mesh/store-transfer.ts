@@ -28,7 +28,8 @@ export function toMessage (info: PathInfo): PathInfoMessage {
     narSize: info.narSize,
     references: info.references,
     ...(info.deriver !== undefined ? { deriver: info.deriver } : {}),
-    signatures: info.signatures
+    signatures: info.signatures,
+    ...(info.ca !== undefined ? { ca: info.ca } : {})
   }
 }
 
@@ -91,33 +92,55 @@ export async function fetchClosure (network: MeshNetwork, store: StoreBackend, p
     await infoChannel.close()
   }
   if (reply.missing.length > 0) throw new PathUnavailable(`${peer} does not have ${reply.missing.join(', ')}`)
+  // A reply that neither describes a root nor calls it missing would have us import other paths.
+  const described = new Map(reply.infos.map(i => [i.path, i]))
+  const undescribed = wanted.filter(r => !described.has(r))
+  if (undescribed.length > 0) throw new ProtocolError(`${peer} answered path-info without describing ${undescribed.join(', ')}`)
 
   // 2. Fetch what we lack, references first.
   const have = await store.isValid(reply.infos.map(i => i.path))
   const needed = reply.infos.filter(i => !have.has(i.path))
   if (needed.length === 0) return { imported: [], bytes: 0 }
-  const channel = await network.open(peer, PROTOCOL_NAR, signal)
   let bytes = 0
+  await pullNars(network, peer, needed.map(i => i.path), async (info, nar) => {
+    // The NAR is checked against its header's hash: that must be the hash path-info gave.
+    const said = described.get(info.path)
+    if (said === undefined || said.narHash !== info.narHash || said.narSize !== info.narSize) {
+      throw new ProtocolError(`NAR header from ${peer} for ${info.path} contradicts its path-info`)
+    }
+    await store.importNar({
+      path: info.path,
+      narHash: Hash.parse(info.narHash),
+      narSize: info.narSize,
+      references: info.references,
+      ...(info.deriver !== undefined ? { deriver: info.deriver } : {})
+    }, nar, { signal })
+    bytes += info.narSize
+  }, signal)
+  return { imported: needed.map(i => i.path), bytes }
+}
+
+/** What to do with each NAR as it arrives; it must read `nar` to its end (or throw). */
+export type NarConsumer = (info: PathInfoMessage, nar: AsyncIterable<Uint8Array>) => Promise<void>
+
+/**
+ * Streams the NARs of `paths` from `peer` over one nar stream, handing each to `consume` in
+ * order. Throws PathUnavailable when the peer cannot send one; any error aborts the stream.
+ */
+export async function pullNars (network: MeshNetwork, peer: string, paths: string[], consume: NarConsumer, signal?: AbortSignal): Promise<void> {
+  const channel = await network.open(peer, PROTOCOL_NAR, signal)
   try {
-    await channel.writeMessage({ paths: needed.map(i => i.path) }, signal)
-    for (const expected of needed) {
+    await channel.writeMessage({ paths }, signal)
+    for (const expected of paths) {
       const header = await channel.readMessage(validateNarHeader, { maxBytes: MAX_REQUEST_BYTES, timeoutMs: NAR_IDLE_TIMEOUT_MS, signal })
-      if (header.path !== expected.path) throw new ProtocolError(`expected NAR of ${expected.path}, got ${header.path}`)
+      if (header.path !== expected) throw new ProtocolError(`expected NAR of ${expected}, got ${header.path}`)
       if (header.info === undefined) throw new PathUnavailable(`${peer} cannot send ${header.path}: ${header.error ?? 'no reason given'}`)
-      const info = header.info
-      await store.importNar({
-        path: info.path,
-        narHash: Hash.parse(info.narHash),
-        narSize: info.narSize,
-        references: info.references,
-        ...(info.deriver !== undefined ? { deriver: info.deriver } : {})
-      }, channel.readRaw(info.narSize, { idleTimeoutMs: NAR_IDLE_TIMEOUT_MS, signal }), { signal })
-      bytes += info.narSize
+      if (header.info.path !== header.path) throw new ProtocolError(`NAR header for ${header.path} describes ${header.info.path}`)
+      await consume(header.info, channel.readRaw(header.info.narSize, { idleTimeoutMs: NAR_IDLE_TIMEOUT_MS, signal }))
     }
     await channel.close()
   } catch (err) {
     channel.abort(err as Error)
     throw err
   }
-  return { imported: needed.map(i => i.path), bytes }
 }

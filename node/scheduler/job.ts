@@ -50,6 +50,8 @@ export interface Job extends JobSpec {
   maxSilentTime?: number
   /** Peer id holding the lease, while leased or importing. */
   worker?: string
+  /** Peers this job was ever leased to: only they may report a result for it. */
+  grantedTo?: string[]
   leaseExpires?: number
   /** Times the job went back to the deque after a transient failure or a lapsed lease. */
   attempts: number

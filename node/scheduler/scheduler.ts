@@ -277,6 +277,7 @@ export class Scheduler {
     for (const job of granted) {
       job.state = 'leased'
       job.worker = from
+      job.grantedTo = [...new Set([...(job.grantedTo ?? []), from])]
       job.leaseExpires = this.now + this.config.leaseMs
       this.changed(job)
     }
@@ -318,6 +319,10 @@ export class Scheduler {
     // A result for a job that is done or already being imported lost the race: the first
     // completed result wins, the other is dropped quietly (both built the same output paths).
     if (job === undefined || TERMINAL_STATES.has(job.state) || job.state === 'importing') return
+    // Only a peer the job was leased to may report on it, and while another holds the lease,
+    // that holder's result is the one awaited: a stray or forged report cannot take it over.
+    if (!(job.grantedTo ?? []).includes(from)) return
+    if (job.state === 'leased' && job.worker !== from) return
     if (outcome.ok) {
       job.state = 'importing'
       job.worker = from
@@ -326,7 +331,7 @@ export class Scheduler {
       this.out.push({ type: 'import', from, drvPath, outputs: job.outputs })
       return
     }
-    // A failure from a worker whose lease lapsed says nothing about the current holder.
+    // A failure from a worker whose lease lapsed says nothing about the job now.
     if (job.worker !== from) return
     this.fail(job, outcome.failure)
   }

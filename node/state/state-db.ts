@@ -33,6 +33,22 @@ export class StateDb {
     this.enqueue(async () => { await this.db.put(`sub\0${s.id}`, JSON.stringify(s)) })
   }
 
+  /** Outputs built here that wait to be offered to the signer. */
+  queueForSigner (paths: string[]): void {
+    for (const p of paths) this.enqueue(async () => { await this.db.put(`sign\0${p}`, JSON.stringify({ at: Date.now() })) })
+  }
+
+  dequeueForSigner (paths: string[]): void {
+    for (const p of paths) this.enqueue(async () => { await this.db.del(`sign\0${p}`) })
+  }
+
+  async signQueue (): Promise<string[]> {
+    await this.writes
+    const out: string[] = []
+    for await (const key of this.db.keys({ gte: 'sign\0', lt: 'sign\0\xff' })) out.push(key.slice('sign\0'.length))
+    return out
+  }
+
   async flush (): Promise<void> {
     await this.writes
   }

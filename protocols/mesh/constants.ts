@@ -12,6 +12,7 @@ export const PROTOCOL_LEASE = '/meshbuild/lease/1.0.0'
 export const PROTOCOL_RESULT = '/meshbuild/result/1.0.0'
 export const PROTOCOL_PATH_INFO = '/meshbuild/path-info/1.0.0'
 export const PROTOCOL_NAR = '/meshbuild/nar/1.0.0'
+export const PROTOCOL_SIGN = '/meshbuild/sign/1.0.0'
 
 /** mDNS service name: meshbuild nodes answer only each other, not every libp2p app on the LAN. */
 export const MDNS_SERVICE_TAG = '_meshbuild._udp.local'
@@ -40,3 +41,8 @@ export const NAR_IDLE_TIMEOUT_MS = 60_000
 /** Limits of lists inside messages. */
 export const MAX_LIST_ITEMS = 10_000
 export const MAX_BUILDING_LISTED = 64
+
+/** The signer answers a sign offer after pulling and storing every NAR in it. */
+export const SIGN_REPLY_TIMEOUT_MS = 30 * 60_000
+/** How often a node with outputs waiting for the signer offers them. */
+export const SIGN_QUEUE_INTERVAL_MS = 3_000

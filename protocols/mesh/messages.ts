@@ -26,7 +26,16 @@ export const checkBeacon = obj({
   diskLow: bool,
   building: arr(storePath, MAX_BUILDING_LISTED),
   addresses: arr(multiaddr, 32),
-  signingKey: optional(nixKey)
+  signingKey: optional(nixKey),
+  /** Present when this node is the mesh's signer. */
+  signer: optional(obj({
+    cacheKey: nixKey,
+    cacheUrls: arr(str(256, /^https?:\/\//), 8),
+    paths: int(0),
+    narBytes: num(0),
+    hits: int(0),
+    misses: int(0)
+  }))
 })
 export type Beacon = ReturnType<typeof checkBeacon>
 export const validateBeacon = validator('beacon', checkBeacon)
@@ -103,7 +112,8 @@ export const checkPathInfo = obj({
   narSize: int(1),
   references: arr(storePath, MAX_LIST_ITEMS),
   deriver: optional(storePath),
-  signatures: optional(arr(str(512), 16))
+  signatures: optional(arr(str(512), 16)),
+  ca: optional(str(512))
 })
 export type PathInfoMessage = ReturnType<typeof checkPathInfo>
 
@@ -124,3 +134,19 @@ export const validateNarHeader = validator('nar header', obj({
   error: optional(str(1024))
 }))
 export type NarHeader = ReturnType<typeof validateNarHeader>
+
+// --- signing ---------------------------------------------------------------------------------
+
+export const validateSignOffer = validator('sign offer', obj({
+  /** Paths the worker vouches for, each after the paths it references; signatures include the worker's. */
+  paths: arr(checkPathInfo, MAX_LIST_ITEMS)
+}))
+export type SignOffer = ReturnType<typeof validateSignOffer>
+
+export const validateSignReply = validator('sign reply', obj({
+  /** Offered paths the cache now holds (stored now or before). */
+  stored: arr(storePath, MAX_LIST_ITEMS),
+  /** Offered paths it refused; permanent ones are not worth offering again. */
+  rejected: arr(obj({ path: storePath, reason: str(1024), permanent: bool }), MAX_LIST_ITEMS)
+}))
+export type SignReply = ReturnType<typeof validateSignReply>

@@ -7,18 +7,23 @@
 //         2. the owner replies {lost}: renewed jobs whose lease the worker no longer holds.
 // result: 1. the worker writes {drvPath, ok, outputs | failure};
 //         2. the owner replies {accepted}, then fetches the outputs over the nar protocol.
-import { PROTOCOL_LEASE, PROTOCOL_RESULT, PROTOCOL_STEAL } from './constants.ts'
+// sign:   1. a worker writes {paths}: what it built, with its signatures, references first;
+//         2. the signer pulls the NARs it lacks over nar, stores them, and replies {stored, rejected}.
+import { PROTOCOL_LEASE, PROTOCOL_RESULT, PROTOCOL_SIGN, PROTOCOL_STEAL, SIGN_REPLY_TIMEOUT_MS } from './constants.ts'
 import {
-  validateLeaseReply, validateLeaseRequest, validateResultAck, validateResultReport, validateStealGrant,
-  validateStealRequest
+  validateLeaseReply, validateLeaseRequest, validateResultAck, validateResultReport, validateSignOffer,
+  validateSignReply, validateStealGrant, validateStealRequest
 } from './messages.ts'
 
 export interface RequestProtocol<Req, Rep> {
   id: string
   validateRequest: (v: unknown) => Req
   validateReply: (v: unknown) => Rep
+  /** How long the requester waits for the reply; the stream stays open that long. */
+  replyTimeoutMs?: number
 }
 
 export const STEAL = { id: PROTOCOL_STEAL, validateRequest: validateStealRequest, validateReply: validateStealGrant }
 export const LEASE = { id: PROTOCOL_LEASE, validateRequest: validateLeaseRequest, validateReply: validateLeaseReply }
 export const RESULT = { id: PROTOCOL_RESULT, validateRequest: validateResultReport, validateReply: validateResultAck }
+export const SIGN = { id: PROTOCOL_SIGN, validateRequest: validateSignOffer, validateReply: validateSignReply, replyTimeoutMs: SIGN_REPLY_TIMEOUT_MS }

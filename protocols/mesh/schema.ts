@@ -67,7 +67,11 @@ export function record<T> (value: Check<T>, maxKeys: number, key: Check<string> 
     const entries = Object.entries(v)
     if (entries.length > maxKeys) throw new SchemaError(`${where}: more than ${maxKeys} keys`)
     const out: Record<string, T> = {}
-    for (const [k, x] of entries) out[key(k, `${where} key`)] = value(x, `${where}.${k}`)
+    // defineProperty, not assignment: a key '__proto__' (JSON.parse makes it an own key) would
+    // otherwise set the result's prototype or vanish instead of being kept as data.
+    for (const [k, x] of entries) {
+      Object.defineProperty(out, key(k, `${where} key`), { value: value(x, `${where}.${k}`), enumerable: true, writable: true, configurable: true })
+    }
     return out
   }
 }

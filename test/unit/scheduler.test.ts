@@ -142,6 +142,23 @@ describe('scheduler as owner', () => {
     assert.equal(s.job('/nix/store/a.drv')?.builtBy, 'T2')
   })
 
+  it('ignores results from peers the job was never leased to, and from a past holder while another holds it', () => {
+    const s = new Scheduler(config({ maxJobs: 0, leaseMs: 10 }))
+    s.handle({ type: 'submit', submission: submission([spec('a')]) }, 0)
+    s.handle({ type: 'steal-request', requestId: 'r1', from: 'T1', capabilities: X86, want: 1 }, 0)
+    let d = s.handle({ type: 'result', from: 'stranger', drvPath: '/nix/store/a.drv', outcome: ok }, 1)
+    assert.deepEqual(d, [])
+    d = s.handle({ type: 'result', from: 'stranger', drvPath: '/nix/store/a.drv', outcome: { ok: false, failure: { kind: 'build-failed', message: 'forged' } } }, 1)
+    assert.equal(s.job('/nix/store/a.drv')?.state, 'leased')
+    s.handle({ type: 'tick' }, 20) // T1's lease lapses
+    s.handle({ type: 'steal-request', requestId: 'r2', from: 'T2', capabilities: X86, want: 1 }, 21)
+    d = s.handle({ type: 'result', from: 'T1', drvPath: '/nix/store/a.drv', outcome: ok }, 22)
+    assert.deepEqual(d, [], 'T2 holds the lease now; its result is the one awaited')
+    s.handle({ type: 'tick' }, 40) // T2 vanishes too
+    d = s.handle({ type: 'result', from: 'T1', drvPath: '/nix/store/a.drv', outcome: ok }, 41)
+    assert.deepEqual(d.filter(x => x.type === 'import').map(x => x.type === 'import' && x.from), ['T1'], 'a past holder\'s result counts once nobody holds the job')
+  })
+
   it('resumes after a restart without rebuilding what finished', () => {
     const first = new Scheduler(config({ maxJobs: 1 }))
     first.handle({ type: 'submit', submission: submission([spec('a'), spec('b', ['a'])]) }, 0)
