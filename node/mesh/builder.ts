@@ -8,7 +8,8 @@ import { storePathBaseName } from '../../protocols/nix/store-path.ts'
 import { BuildFailure, type StoreBackend } from '../nix/store-backend.ts'
 import type { FailureKind, WorkItem } from '../scheduler/job.ts'
 import type { BuildOutcome } from '../scheduler/scheduler.ts'
-import { fetchClosure } from './store-transfer.ts'
+import { fetchClosure, PathUnavailable } from './store-transfer.ts'
+import { substituteFrom, type CacheRef } from '../cache/cache-client.ts'
 import type { MeshNetwork } from './network.ts'
 import type { Logger } from '../log.ts'
 
@@ -27,6 +28,8 @@ export interface BuilderContext {
   log: Logger
   logDir: string
   systemFeatures: string[]
+  /** The shared cache, to substitute inputs the owner does not have. */
+  cache: () => CacheRef | undefined
 }
 
 /** Where the build log of a derivation is kept, for `meshbuild log`. */
@@ -83,7 +86,16 @@ async function fetchInputs (ctx: BuilderContext, item: WorkItem, signal: AbortSi
       if (p !== undefined && p !== '') inputs.push(p)
     }
   }
-  const outs = await fetchClosure(ctx.network, ctx.store, item.owner, inputs, signal)
+  let outs
+  try {
+    outs = await fetchClosure(ctx.network, ctx.store, item.owner, inputs, signal)
+  } catch (err) {
+    const cache = ctx.cache()
+    if (!(err instanceof PathUnavailable) || cache === undefined) throw err
+    ctx.log.info(`${err.message}; substituting the inputs of ${item.drvPath} from the shared cache`)
+    await substituteFrom(cache, inputs, signal)
+    outs = { imported: inputs, bytes: 0 }
+  }
   if (drvs.imported.length + outs.imported.length > 0) {
     ctx.log.debug(`fetched ${drvs.imported.length + outs.imported.length} paths (${drvs.bytes + outs.bytes} bytes) for ${item.drvPath}`)
   }

@@ -11,18 +11,37 @@ import { Scheduler, SCHEDULER_DEFAULTS, type BuildOutcome, type Decision, type S
 import { TERMINAL_STATES, type Job, type WorkItem } from '../scheduler/job.ts'
 import type { MachineCapabilities } from '../scheduler/matching.ts'
 import { BEACON_INTERVAL_MS, PEER_EXPIRY_MS, TOPIC_BEACON, TOPIC_OFFER } from '../../protocols/mesh/constants.ts'
-import { LEASE, RESULT, STEAL } from '../../protocols/mesh/request-protocols.ts'
-import type { Beacon, ResultReport } from '../../protocols/mesh/messages.ts'
+import { LEASE, RESULT, SIGN, STEAL } from '../../protocols/mesh/request-protocols.ts'
+import type { Beacon, ResultReport, SignOffer, SignReply } from '../../protocols/mesh/messages.ts'
+import { SIGN_QUEUE_INTERVAL_MS } from '../../protocols/mesh/constants.ts'
+import { formatPublicKey, parsePublicKey, type PublicKey, type SecretKey } from '../../protocols/nix/signing-key.ts'
+import { loadOrCreateNodeKey, type NodeKey } from '../signer/node-key.ts'
+import { SignQueue } from '../signer/sign-queue.ts'
+import { Signer, type NarSource } from '../signer/signer.ts'
+import { BinaryCache } from '../cache/binary-cache.ts'
+import { startCacheServer, type CacheServer } from '../cache/cache-server.ts'
+import { cachedPaths, substituteFrom, type CacheRef } from '../cache/cache-client.ts'
+import type { CompressionName } from '../cache/compression.ts'
 import { MeshNetwork } from './network.ts'
 import { PeerTable } from './peer-table.ts'
 import { call, serve } from './rpc.ts'
-import { fetchClosure, serveStore } from './store-transfer.ts'
+import { fetchClosure, pullNars, serveStore, toMessage } from './store-transfer.ts'
 import { runWorkItem } from './builder.ts'
 import { planSubmission } from './planner.ts'
 import { loadOrCreateIdentity } from './identity.ts'
 import { StateDb, type SubmissionRecord } from '../state/state-db.ts'
 import type { Logger } from '../log.ts'
-import { buildReport, type StatusReport, type SubmissionReport } from './reports.ts'
+import { buildReport, type SignerStatus, type StatusReport, type SubmissionReport } from './reports.ts'
+
+export interface SignerOptions {
+  cacheKey: SecretKey
+  /** From --trusted-keys; without it the signer trusts the keys the mesh's nodes announce. */
+  trustedKeys?: PublicKey[]
+  cacheDir: string
+  /** Where the HTTP binary cache listens; none when absent. */
+  cacheListen?: { host: string, port: number }
+  compression?: CompressionName
+}
 
 export interface NodeOptions {
   dataDir: string
@@ -38,6 +57,8 @@ export interface NodeOptions {
   minFreeDiskBytes: number
   log: Logger
   store?: StoreBackend
+  /** Makes this node the mesh's signing node, holding the shared binary cache. */
+  signer?: SignerOptions
 }
 
 export interface SubmitOptions {
@@ -74,6 +95,11 @@ export class MeshNode {
   private freeDiskBytes = 0
   private diskLow = false
   private stopping = false
+  private nodeKey!: NodeKey
+  private signQueue!: SignQueue
+  private signer: Signer | undefined
+  private cache: BinaryCache | undefined
+  private cacheServer: CacheServer | undefined
   /** Builds this node ran, by outcome, since it started (for status and tests). */
   readonly counters = { built: 0, failed: 0, stolen: 0 }
 
@@ -109,6 +135,10 @@ export class MeshNode {
     await this.db.open()
     await this.checkDisk()
     await this.network.start()
+    this.nodeKey = await loadOrCreateNodeKey(this.options.dataDir, this.network.peerId)
+    this.signQueue = new SignQueue(this.db, this.store, this.nodeKey, this.log.child('sign'))
+    await this.signQueue.load()
+    if (this.options.signer !== undefined) await this.startSigner(this.options.signer)
     this.scheduler = new Scheduler({
       selfId: this.network.peerId,
       capabilities: this.options.capabilities,
@@ -164,6 +194,7 @@ export class MeshNode {
     })
     await serveStore(this.network, this.store, this.log.child('store'))
 
+    this.timers.push(setInterval(() => { void this.offerToSigner() }, SIGN_QUEUE_INTERVAL_MS))
     this.timers.push(setInterval(() => { this.onTick() }, TICK_MS))
     this.timers.push(setInterval(() => { void this.publishBeacon() }, BEACON_INTERVAL_MS))
     this.timers.push(setInterval(() => { void this.checkDisk().then(() => this.dispatch({ type: 'disk', low: this.diskLow })) }, DISK_CHECK_MS))
@@ -185,15 +216,113 @@ export class MeshNode {
       this.log.info(`gave ${drvPaths.length} job(s) back to ${owner}`)
     }))
     await this.db.flush()
+    await this.cacheServer?.close()
     await this.network.stop()
+    await this.cache?.close()
     await this.db.close()
+  }
+
+  // --- signing and the shared cache ---------------------------------------------------------
+
+  private async startSigner (opts: SignerOptions): Promise<void> {
+    const log = this.log.child('signer')
+    this.cache = await BinaryCache.open(opts.cacheDir, { log: log.child('cache'), ...(opts.compression !== undefined ? { compression: opts.compression } : {}) })
+    this.signer = new Signer({
+      cache: this.cache,
+      cacheKey: opts.cacheKey,
+      ...(opts.trustedKeys !== undefined ? { trustedKeys: opts.trustedKeys } : {}),
+      meshKeys: () => this.meshKeys(),
+      log
+    })
+    if (opts.cacheListen !== undefined) {
+      this.cacheServer = await startCacheServer(this.cache, { ...opts.cacheListen, log: log.child('http') })
+      log.info(`binary cache at ${this.cacheServer.url}, key ${this.signer.publicCacheKey()}`)
+    }
+    const signer = this.signer
+    await serve(this.network, SIGN, async (from, offer) => {
+      log.info(`${from} offers ${offer.paths.length} path(s)`)
+      return await signer.handleOffer(from, offer, async (paths, consume) => { await pullNars(this.network, from, paths, consume) })
+    })
+  }
+
+  /** Public keys this node and its peers announce: whom the signer trusts without a keys file. */
+  private meshKeys (): PublicKey[] {
+    const keys = [this.nodeKey.public]
+    for (const p of this.peers.list()) {
+      if (p.beacon.signingKey === undefined) continue
+      try {
+        keys.push(parsePublicKey(p.beacon.signingKey))
+      } catch {}
+    }
+    return keys
+  }
+
+  /** The mesh's signer: this node, or the first peer whose beacon says it signs. */
+  private signerPeer (): { peerId: string, signer: NonNullable<Beacon['signer']> } | undefined {
+    const self = this.beacon().signer
+    if (self !== undefined) return { peerId: this.peerId, signer: self }
+    for (const p of this.peers.list()) if (p.beacon.signer !== undefined) return { peerId: p.peerId, signer: p.beacon.signer }
+    return undefined
+  }
+
+  /** The shared cache as a substituter, when a signer with an HTTP cache is known. */
+  private cacheRef (): CacheRef | undefined {
+    const s = this.signerPeer()
+    const url = s?.signer.cacheUrls[0]
+    return s === undefined || url === undefined ? undefined : { url, publicKey: s.signer.cacheKey }
+  }
+
+  /** Offers what this node built to the signer; with none online the outputs keep waiting. */
+  private async offerToSigner (): Promise<void> {
+    if (this.stopping || this.signQueue.pending() === 0) return
+    const target = this.signerPeer()
+    if (target === undefined) {
+      this.log.debug(`no signer online; ${this.signQueue.pending()} output(s) wait`)
+      return
+    }
+    const send = target.peerId === this.peerId && this.signer !== undefined
+      ? async (offer: SignOffer): Promise<SignReply> => await (this.signer as Signer).handleOffer(this.peerId, offer, this.localNars())
+      : async (offer: SignOffer): Promise<SignReply> => await call(this.network, target.peerId, SIGN, offer)
+    try {
+      await this.signQueue.drain(send)
+    } catch (err) {
+      this.log.warn(`offering outputs to the signer ${target.peerId} failed: ${(err as Error).message}`)
+    }
+  }
+
+  /** NARs from this node's own store, for its own signer. */
+  private localNars (): NarSource {
+    return async (paths, consume) => {
+      for (const p of paths) {
+        const info = await this.store.queryPathInfo(p)
+        if (info === null) throw new Error(`${p} is no longer valid here`)
+        await consume(toMessage(info), this.store.exportNar(p))
+      }
+    }
   }
 
   // --- control API --------------------------------------------------------------------------
 
   async submit (drvPaths: string[], options: SubmitOptions): Promise<string> {
     const id = `${new Date().toISOString().replace(/[-:]/g, '').slice(0, 15)}-${randomUUID().slice(0, 8)}`
-    const spec = await planSubmission(this.store, drvPaths, { id, now: Date.now(), ...options })
+    const cache = this.cacheRef()
+    let spec = await planSubmission(this.store, drvPaths, {
+      id, now: Date.now(), ...options,
+      ...(cache !== undefined ? { substitutable: async (paths: string[]) => await cachedPaths(cache, paths) } : {})
+    })
+    if (cache !== undefined) {
+      // Outputs the shared cache has: substitute them now, through Nix, which checks the cache's signature.
+      const wanted = spec.substituted.flatMap(j => Object.values(j.outputs))
+      const valid = await this.store.isValid(wanted)
+      const missing = wanted.filter(p => !valid.has(p))
+      try {
+        await substituteFrom(cache, missing)
+        if (missing.length > 0) this.log.info(`substituted ${missing.length} output(s) from the shared cache`)
+      } catch (err) {
+        this.log.warn(`substituting from ${cache.url} failed, building instead: ${(err as Error).message}`)
+        spec = await planSubmission(this.store, drvPaths, { id, now: Date.now(), ...options })
+      }
+    }
     this.log.info(`submission ${id}: ${drvPaths.length} requested, ${spec.jobs.length} to build, ${spec.substituted.length} already available`)
     this.dispatch({ type: 'submit', submission: spec })
     const s = this.scheduler.submission(id)
@@ -235,8 +364,31 @@ export class MeshNode {
         const r = this.submissionReport(id)
         return { id, state: r?.state ?? 'running', counts: r?.counts ?? {}, submittedAt: new Date(this.scheduler.submission(id)?.submittedAt ?? 0).toISOString() }
       }),
-      counters: { ...this.counters }
+      counters: { ...this.counters },
+      signQueue: this.signQueue.pending(),
+      ...this.signerStatus()
     }
+  }
+
+  private signerStatus (): { signer?: SignerStatus } {
+    const target = this.signerPeer()
+    if (target === undefined) return {}
+    const { hits, misses } = target.signer
+    const status: SignerStatus = {
+      peerId: target.peerId,
+      cacheKey: target.signer.cacheKey,
+      cacheUrls: target.signer.cacheUrls,
+      paths: target.signer.paths,
+      narBytes: target.signer.narBytes,
+      hits,
+      misses,
+      hitRate: hits + misses === 0 ? null : hits / (hits + misses)
+    }
+    if (target.peerId === this.peerId && this.signer !== undefined) {
+      status.trust = { policy: this.signer.trustPolicy(), keys: this.signer.trusted().map(k => formatPublicKey(k)) }
+      status.rejections = this.signer.rejections()
+    }
+    return { signer: status }
   }
 
   private statusFields (b: Beacon): Omit<StatusReport['self'], 'peerId' | 'addresses' | 'lastSeen'> {
@@ -304,12 +456,17 @@ export class MeshNode {
       network: this.network,
       log: this.log.child('build'),
       logDir: join(this.options.dataDir, 'logs'),
-      systemFeatures: allFeatures(this.options.capabilities)
+      systemFeatures: allFeatures(this.options.capabilities),
+      cache: () => this.cacheRef()
     }, item, controller.signal).then((outcome) => {
       this.builds.delete(key)
       if (controller.signal.aborted) return
-      if (outcome.ok) this.counters.built++
-      else this.counters.failed++
+      if (outcome.ok) {
+        this.counters.built++
+        this.signQueue.add(Object.values(outcome.outputs))
+      } else {
+        this.counters.failed++
+      }
       this.dispatch({ type: 'build-finished', owner: item.owner, drvPath: item.drvPath, outcome })
     })
   }
@@ -420,8 +577,37 @@ export class MeshNode {
       freeDiskBytes: this.freeDiskBytes,
       diskLow: this.diskLow,
       building: running.map(i => i.drvPath).slice(0, 64),
-      addresses: this.network.addresses().slice(0, 32)
+      addresses: this.network.addresses().slice(0, 32),
+      signingKey: formatPublicKey(this.nodeKey.public),
+      ...(this.signer !== undefined && this.cache !== undefined
+        ? {
+            signer: {
+              cacheKey: this.signer.publicCacheKey(),
+              cacheUrls: this.cacheUrls(),
+              ...this.cacheCounters()
+            }
+          }
+        : {})
     }
+  }
+
+  private cacheCounters (): { paths: number, narBytes: number, hits: number, misses: number } {
+    const st = this.cache?.stats()
+    return { paths: st?.paths ?? 0, narBytes: st?.narBytes ?? 0, hits: st?.hits ?? 0, misses: st?.misses ?? 0 }
+  }
+
+  /** URLs peers can reach the HTTP cache at: the listen host, or every address libp2p listens on. */
+  private cacheUrls (): string[] {
+    const server = this.cacheServer
+    const listen = this.options.signer?.cacheListen
+    if (server === undefined || listen === undefined) return []
+    if (listen.host !== '0.0.0.0' && listen.host !== '::') return [server.url]
+    const hosts = new Set<string>()
+    for (const a of this.network.addresses()) {
+      const m = /^\/ip4\/([0-9.]+)\//.exec(a)
+      if (m?.[1] !== undefined && !m[1].startsWith('127.')) hosts.add(m[1])
+    }
+    return [...hosts].slice(0, 8).map(h => `http://${h}:${server.port}`)
   }
 
   private async publishBeacon (): Promise<void> {

@@ -43,9 +43,28 @@ export interface NodeFields {
   lastSeen: string
 }
 
+export interface SignerStatus {
+  peerId: string
+  cacheKey: string
+  cacheUrls: string[]
+  paths: number
+  narBytes: number
+  hits: number
+  misses: number
+  /** hits / (hits + misses) of narinfo lookups, or null before any. */
+  hitRate: number | null
+  /** On the signer itself: whom it trusts, and what it refused lately and why. */
+  trust?: { policy: string, keys: string[] }
+  rejections?: Array<{ path: string, from: string, reason: string, permanent: boolean, at: string }>
+}
+
 export interface StatusReport {
   self: NodeFields
   peers: NodeFields[]
+  /** The mesh's signer, when one is known. */
+  signer?: SignerStatus
+  /** Outputs built here that the signer has not stored yet. */
+  signQueue: number
   submissions: Array<{ id: string, state: SubmissionReport['state'], counts: SubmissionReport['counts'], submittedAt: string }>
   counters: { built: number, failed: number, stolen: number }
 }

@@ -136,7 +136,10 @@ export async function pullNars (network: MeshNetwork, peer: string, paths: strin
       if (header.path !== expected) throw new ProtocolError(`expected NAR of ${expected}, got ${header.path}`)
       if (header.info === undefined) throw new PathUnavailable(`${peer} cannot send ${header.path}: ${header.error ?? 'no reason given'}`)
       if (header.info.path !== header.path) throw new ProtocolError(`NAR header for ${header.path} describes ${header.info.path}`)
-      await consume(header.info, channel.readRaw(header.info.narSize, { idleTimeoutMs: NAR_IDLE_TIMEOUT_MS, signal }))
+      const nar = channel.readRaw(header.info.narSize, { idleTimeoutMs: NAR_IDLE_TIMEOUT_MS, signal })
+      await consume(header.info, nar)
+      // A consumer may skip a NAR (the path became valid meanwhile): read past it to the next header.
+      for await (const _ of nar) {}
     }
     await channel.close()
   } catch (err) {

@@ -12,7 +12,7 @@
 import { readFileSync } from 'node:fs'
 
 export interface NixSettings {
-  /** Substituter URLs Nix may use itself; empty means none. */
+  /** Substituter URLs Nix may use for this command; meshbuild's default is none. */
   substituters?: string[]
   trustedPublicKeys?: string[]
   /** Features this machine supports, passed as `system-features`. */
@@ -36,11 +36,17 @@ export function rootWithoutBuildUsers (groupFile = '/etc/group'): boolean {
   return members.trim() === ''
 }
 
-/** The NIX_CONFIG text for the given settings. */
-export function nixConfigText (settings: NixSettings = {}): string {
+/**
+ * The NIX_CONFIG text: meshbuild's defaults, then the user's own NIX_CONFIG (which may override
+ * them), then what the caller asked for explicitly (a substituter for one command, the node's
+ * system features), which must win.
+ */
+export function nixConfigText (settings: NixSettings = {}, inherited = ''): string {
   const lines = ['sandbox = false', 'experimental-features = nix-command']
   if (rootWithoutBuildUsers()) lines.push('build-users-group =')
-  lines.push(`substituters = ${(settings.substituters ?? []).join(' ')}`)
+  lines.push('substituters =')
+  if (inherited.trim() !== '') lines.push(inherited)
+  if (settings.substituters != null) lines.push(`substituters = ${settings.substituters.join(' ')}`)
   if (settings.trustedPublicKeys != null) lines.push(`trusted-public-keys = ${settings.trustedPublicKeys.join(' ')}`)
   if (settings.systemFeatures != null) lines.push(`system-features = ${settings.systemFeatures.join(' ')}`)
   lines.push(...(settings.extra ?? []))
@@ -49,7 +55,5 @@ export function nixConfigText (settings: NixSettings = {}): string {
 
 /** The environment for a Nix child process: this process's, with NIX_CONFIG set. */
 export function nixEnv (settings: NixSettings = {}, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  const inherited = base.NIX_CONFIG != null && base.NIX_CONFIG !== '' ? `\n${base.NIX_CONFIG}` : ''
-  // Ours come first so that a user's own NIX_CONFIG can still override them.
-  return { ...base, NIX_CONFIG: nixConfigText(settings) + inherited }
+  return { ...base, NIX_CONFIG: nixConfigText(settings, base.NIX_CONFIG ?? '') }
 }

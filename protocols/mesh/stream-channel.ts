@@ -39,7 +39,10 @@ export interface ReadOptions {
 type Chunk = Uint8Array | { subarray: () => Uint8Array }
 
 const DEFAULT_TIMEOUT_MS = 30_000
-const HIGH_WATER = 4 * 1024 * 1024
+const HIGH_WATER = 1024 * 1024
+// After pause() the remote may still send what yamux's window allows (up to 16 MiB by default);
+// the stream resets itself if its paused buffer outgrows this, so it must hold a full window.
+const PAUSED_BUFFER_LIMIT = 24 * 1024 * 1024
 
 export class StreamChannel {
   readonly stream: Stream
@@ -53,12 +56,16 @@ export class StreamChannel {
   constructor (stream: Stream, options: { highWater?: number } = {}) {
     this.stream = stream
     this.highWater = options.highWater ?? HIGH_WATER
+    stream.maxReadBufferLength = Math.max(stream.maxReadBufferLength, PAUSED_BUFFER_LIMIT)
     stream.addEventListener('message', (evt) => {
       const data = evt.data as Chunk
       const bytes = data instanceof Uint8Array ? data : data.subarray()
       this.chunks.push(bytes)
       this.buffered += bytes.byteLength
-      if (this.buffered > this.highWater) stream.pause()
+      // Deferred: resume() delivers the paused backlog to this listener and only then tells the
+      // muxer to resume; pausing inside that delivery would be undone by it, leaving the muxer
+      // granting window while the stream buffers everything until it resets itself.
+      if (this.buffered > this.highWater) queueMicrotask(() => { this.pauseIfFull() })
       this.notify()
     })
     stream.addEventListener('remoteCloseWrite', () => { this.ended = true; this.notify() })
@@ -142,6 +149,10 @@ export class StreamChannel {
       got += chunk.byteLength
     }
     return parts.length === 1 && parts[0] !== undefined ? parts[0] : Buffer.concat(parts)
+  }
+
+  private pauseIfFull (): void {
+    if (this.buffered > this.highWater && this.stream.readStatus === 'readable') this.stream.pause()
   }
 
   private take (max: number): Uint8Array {

@@ -9,6 +9,9 @@ import { createLogger, isLogLevel } from '../../log.ts'
 import { DEFAULT_MESH_SECRET } from '../../../protocols/mesh/constants.ts'
 import { dataDirOption } from '../data-dir.ts'
 import { UsageError } from '../exit-codes.ts'
+import { parsePublicKey, readSecretKeyFile, type PublicKey } from '../../../protocols/nix/signing-key.ts'
+import { parseCompression } from '../../cache/compression.ts'
+import type { SignerOptions } from '../../mesh/mesh-node.ts'
 
 interface JoinArgs {
   'data-dir': string
@@ -24,6 +27,12 @@ interface JoinArgs {
   'min-free-disk': number
   'lease-seconds': number
   'log-level': string
+  signer: boolean
+  'cache-key'?: string
+  'trusted-keys'?: string
+  'cache-dir'?: string
+  'cache-listen'?: string
+  'cache-compression': string
 }
 
 const list = (v: unknown): string[] => (Array.isArray(v) ? v : [v]).flatMap(x => String(x).split(/[\s,]+/)).filter(x => x !== '')
@@ -44,9 +53,16 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     .option('mdns', { type: 'boolean', default: true, describe: 'Find peers by mDNS (--no-mdns to disable)' })
     .option('min-free-disk', { type: 'number', default: 1024, describe: 'MiB free in /nix/store below which the node takes no work' })
     .option('lease-seconds', { type: 'number', default: 20, describe: 'How long a stolen job stays leased without renewal' })
+    .option('signer', { type: 'boolean', default: false, describe: 'Be the mesh\'s signing node: check, re-sign and cache what workers build' })
+    .option('cache-key', { type: 'string', describe: 'With --signer: the cache\'s secret key file (meshbuild key generate / nix-store --generate-binary-cache-key)' })
+    .option('trusted-keys', { type: 'string', describe: 'With --signer: file of worker public keys (name:base64, one a line); default: the keys the mesh\'s nodes announce' })
+    .option('cache-dir', { type: 'string', describe: 'With --signer: where the binary cache lives', defaultDescription: '<data-dir>/cache' })
+    .option('cache-listen', { type: 'string', describe: 'With --signer: HOST:PORT to serve the binary cache over HTTP' })
+    .option('cache-compression', { type: 'string', default: 'zstd', choices: ['zstd', 'br', 'none'], describe: 'With --signer: how NARs are compressed in the cache' })
     .option('log-level', { type: 'string', default: process.env.MESHBUILD_LOG ?? 'info', choices: ['error', 'warn', 'info', 'debug'] })
     .example('$0 join', 'join the mesh on this LAN with defaults from the local Nix')
-    .example('$0 join --max-jobs 4 --features big,kvm --speed-factor 2', 'a bigger builder') as unknown as Argv<JoinArgs>,
+    .example('$0 join --max-jobs 4 --features big,kvm --speed-factor 2', 'a bigger builder')
+    .example('$0 join --signer --cache-key cache.sec --cache-listen 0.0.0.0:8080', 'the signing node, serving the shared cache') as unknown as Argv<JoinArgs>,
   handler: async (args) => {
     if (!isLogLevel(args['log-level'])) throw new UsageError(`unknown log level ${args['log-level']}`)
     const log = createLogger('meshbuild', args['log-level'])
@@ -55,6 +71,7 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     if (!Number.isInteger(maxJobs) || maxJobs < 0) throw new UsageError(`--max-jobs must be a whole number, not ${maxJobs}`)
     if (!(args['speed-factor'] > 0)) throw new UsageError('--speed-factor must be positive')
     const meshSecret = await readMeshSecret(args['mesh-secret-file'])
+    const signer = await signerOptions(args)
     // Loaded here, not at the top: libp2p takes a few hundred ms to load, which every other
     // command (and --help) would pay for.
     const { MeshNode } = await import('../../mesh/mesh-node.ts')
@@ -74,7 +91,8 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
       mdns: args.mdns,
       leaseMs: args['lease-seconds'] * 1000,
       minFreeDiskBytes: args['min-free-disk'] * 1024 * 1024,
-      log
+      log,
+      ...(signer !== undefined ? { signer } : {})
     })
     const control = await startControlServer(node, socketPath(args['data-dir']), log.child('control'))
     log.info(`node ${node.peerId} ready; control socket ${join(args['data-dir'], 'control.sock')}`)
@@ -93,6 +111,45 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     control.close()
     await node.stop()
     log.info('stopped')
+  }
+}
+
+async function signerOptions (args: JoinArgs): Promise<SignerOptions | undefined> {
+  const given = (['cache-key', 'trusted-keys', 'cache-dir', 'cache-listen'] as const).filter(k => args[k] !== undefined)
+  if (!args.signer) {
+    if (given.length > 0) throw new UsageError(`--${given.join(', --')} only apply with --signer`)
+    return undefined
+  }
+  const keyFile = args['cache-key']
+  if (keyFile === undefined) throw new UsageError('--signer needs --cache-key FILE (make one with: meshbuild key generate NAME --secret-file FILE --public-file FILE.pub)')
+  const cacheKey = await readSecretKeyFile(keyFile)
+  let trustedKeys: PublicKey[] | undefined
+  if (args['trusted-keys'] !== undefined) {
+    const file = args['trusted-keys']
+    const lines = (await readFile(file, 'utf8')).split('\n').map(l => l.trim())
+    trustedKeys = []
+    lines.forEach((line, i) => {
+      if (line === '' || line.startsWith('#')) return
+      try {
+        trustedKeys?.push(parsePublicKey(line))
+      } catch (err) {
+        throw new UsageError(`${file}:${i + 1}: ${(err as Error).message}`)
+      }
+    })
+  }
+  let cacheListen: { host: string, port: number } | undefined
+  if (args['cache-listen'] !== undefined) {
+    const m = /^(.*):(\d+)$/.exec(args['cache-listen'])
+    const port = Number(m?.[2])
+    if (m?.[1] === undefined || m[1] === '' || !(port >= 0 && port < 65536)) throw new UsageError(`--cache-listen takes HOST:PORT, not ${args['cache-listen']}`)
+    cacheListen = { host: m[1].replace(/^\[|\]$/g, ''), port }
+  }
+  return {
+    cacheKey,
+    cacheDir: args['cache-dir'] ?? join(args['data-dir'], 'cache'),
+    compression: parseCompression(args['cache-compression']),
+    ...(trustedKeys !== undefined ? { trustedKeys } : {}),
+    ...(cacheListen !== undefined ? { cacheListen } : {})
   }
 }
 

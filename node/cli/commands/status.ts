@@ -55,6 +55,19 @@ export function renderStatus (s: StatusReport, now: Date): string {
   for (const p of s.peers) rows.push(row(p, false))
   let out = table(rows)
   out += '\n'
+  if (s.signer === undefined) {
+    out += `Signer: none online${s.signQueue > 0 ? `; ${s.signQueue} output(s) of this node wait for one` : ''}\n`
+  } else {
+    const g = s.signer
+    const rate = g.hitRate === null ? 'no lookups yet' : `hit rate ${(g.hitRate * 100).toFixed(0)}% of ${g.hits + g.misses} lookups`
+    out += `Signer: ${shortId(g.peerId)}${g.peerId === s.self.peerId ? ' (self)' : ''}  cache ${g.cacheUrls[0] ?? '(no HTTP)'}  ${g.paths} paths, ${(g.narBytes / 1048576).toFixed(1)} MiB of NARs, ${rate}\n`
+    out += `  key ${g.cacheKey}${s.signQueue > 0 ? `; ${s.signQueue} output(s) of this node not yet stored` : ''}\n`
+    if (g.trust !== undefined) out += `  trusts the ${g.trust.policy}: ${g.trust.keys.map(k => k.split(':')[0]).join(', ') || 'none'}\n`
+    for (const r of (g.rejections ?? []).slice(-10)) {
+      out += `  refused ${r.path} from ${shortId(r.from)}: ${r.reason}\n`
+    }
+  }
+  out += '\n'
   if (s.submissions.length === 0) {
     out += 'No submissions on this node.\n'
   } else {
