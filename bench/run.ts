@@ -6,7 +6,9 @@ export type BenchRow = Record<string, string | number>
 interface BenchModule { run: () => Promise<BenchRow[]> }
 
 const benches: Array<{ name: string, load: () => Promise<BenchModule> }> = [
-  { name: 'nar', load: async () => await import('./nar.ts') }
+  { name: 'nar', load: async () => await import('./nar.ts') },
+  { name: 'cache', load: async () => await import('./cache.ts') },
+  { name: 'mesh', load: async () => await import('./mesh.ts') }
 ]
 
 const only = process.argv.slice(2)
