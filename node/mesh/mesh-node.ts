@@ -70,6 +70,8 @@ export interface SubmitOptions {
 type SubmissionListener = (report: SubmissionReport) => void
 
 const TICK_MS = 500
+/** Changes come in bursts (a finished build readies several jobs): announce once per burst. */
+const ANNOUNCE_DELAY_MS = 50
 const DISK_CHECK_MS = 10_000
 const REPORT_RETRY_MS = 2_000
 const REPORT_GIVE_UP_MS = 10 * 60_000
@@ -165,7 +167,7 @@ export class MeshNode {
     this.network.on('offer', (from, offer) => {
       if (this.peers.offer(from, offer, Date.now())) this.peerChanged(from)
     })
-    this.network.on('peer-connected', () => { this.beaconDue = true })
+    this.network.on('peer-connected', () => { this.announceSoon() })
     await serve(this.network, STEAL, (from, req) => {
       const requestId = randomUUID()
       const decisions = this.dispatch({
@@ -428,7 +430,14 @@ export class MeshNode {
       case 'submission-finished': this.submissionFinished(d.id, d.ok); break
       case 'grant': case 'renew-reply': break // answered by the protocol handler that asked
     }
-    if (d.type === 'build' || d.type === 'job-changed' || d.type === 'submission-finished') this.beaconDue = true
+    if (d.type === 'build' || d.type === 'job-changed' || d.type === 'submission-finished') this.announceSoon()
+  }
+
+  /** Publishes beacon and offer shortly after a change, once per burst of changes. */
+  private announceSoon (): void {
+    if (this.beaconDue) return
+    this.beaconDue = true
+    setTimeout(() => { if (this.beaconDue) void this.publishBeacon() }, ANNOUNCE_DELAY_MS).unref()
   }
 
   private onTick (): void {

@@ -89,7 +89,9 @@ export class Signer {
     for (const info of offer.paths) {
       if (!absent.has(info.path)) { stored.push(info.path); continue }
       const why = this.signatureProblem(info, trusted)
-      if (why !== undefined) { reject(info.path, why, true); continue }
+      // Trusting the mesh's keys, an unknown key may be a peer whose beacon has not arrived yet:
+      // defer rather than refuse. A keys file is final.
+      if (why !== undefined) { reject(info.path, why, this.init.trustedKeys !== undefined || !why.startsWith('signed only by untrusted')); continue }
       const missingRef = info.references.find(r => r !== info.path && absent.has(r) && !accepted.has(r))
       if (missingRef !== undefined) { reject(info.path, `its reference ${missingRef} is not in the cache`, false); continue }
       accepted.set(info.path, info)

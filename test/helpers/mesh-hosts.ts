@@ -2,6 +2,7 @@
 import { createWriteStream } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { tmpdir } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import type { ChildProcess } from 'node:child_process'
 import { waitForOutput, type TestHost, type TestNetwork, type HostExecResult } from './test-hosts.ts'
@@ -27,8 +28,9 @@ export interface StartNodeOptions {
 /** Starts `meshbuild join` in the host and waits until its control socket is up. */
 export async function startNode (net: TestNetwork, host: TestHost, options: StartNodeOptions = {}): Promise<MeshNodeHandle> {
   const dataDir = options.dataDir ?? join(net.sharedDir, `node-${host.index}`)
-  // MESHBUILD_TEST_LOGS=DIR keeps the nodes' logs after the test hosts are gone.
-  const logDir = process.env.MESHBUILD_TEST_LOGS ?? net.sharedDir
+  // Nodes' logs outlive the test hosts, so a failed run can be read afterwards
+  // (MESHBUILD_TEST_LOGS=DIR to choose where).
+  const logDir = process.env.MESHBUILD_TEST_LOGS ?? join(tmpdir(), 'meshbuild-test-logs')
   await mkdir(logDir, { recursive: true })
   const logFile = join(logDir, `${host.name}.log`)
   const child = host.spawn(process.execPath, [
