@@ -1,9 +1,11 @@
 // NAR throughput and memory, ours against Nix's own, in one run on one tree:
 //   dump:    `nix-store --dump TREE`      vs `meshbuild nar dump-path TREE`, stdout piped to a sink
 //   restore: `nix-store --restore DIR`    vs `meshbuild nar restore DIR`, the NAR piped in by cat
-//   startup: `meshbuild --help`, what every meshbuild command pays before any NAR work
-// Each command runs under `/usr/bin/time -f %M`, whose figure is the peak RSS (KiB) of that
-// command alone. Runs alternate between the two tools; the median of RUNS runs is reported.
+//   startup: `meshbuild --help`, what every meshbuild command pays before any NAR work, and
+//            `node -e 0`, the part of it that is Node's own
+// Each command runs under `/usr/bin/time`, whose figures are the peak RSS (KiB) and the CPU time
+// (user + system) of that command alone; CPU time is the steadier figure on a shared machine.
+// Runs alternate between the two tools; the median of RUNS runs is reported.
 // Restores go to tmpfs (/dev/shm) when there is one, so the figures compare the tools rather
 // than the disk's write-back (on this machine's disk, nix-store --restore alone varied 6-17 s);
 // BENCH_NAR_RESTORE_DIR chooses another place.
@@ -17,7 +19,7 @@ import { nixEnv } from '../node/nix/nix-config.ts'
 import type { BenchRow } from './run.ts'
 
 const MiB = 1024 * 1024
-const RUNS = Number(process.env.BENCH_NAR_RUNS ?? 3)
+const RUNS = Number(process.env.BENCH_NAR_RUNS ?? 5)
 /** Tree shape: a few large files and many small ones, about 1 GiB in all. */
 const LARGE_FILES = 4
 const LARGE_FILE_SIZE = 192 * MiB
@@ -30,7 +32,7 @@ const SMALL_MAX = 32 * 1024
 const MESHBUILD = fileURLToPath(new URL('../dist/node/cli/main.js', import.meta.url))
 const TIME = '/usr/bin/time'
 
-interface Measured { seconds: number, peakRssMiB: number, bytes: number }
+interface Measured { seconds: number, cpuSeconds: number, peakRssMiB: number, bytes: number }
 
 /** Builds the tree; returns its total file bytes and file count. */
 export async function makeTree (root: string): Promise<{ bytes: number, files: number }> {
@@ -68,11 +70,12 @@ export async function makeTree (root: string): Promise<{ bytes: number, files: n
 
 /**
  * Runs `argv` under /usr/bin/time; stdin from `stdinFile` through `cat` (a pipe, as from a
- * network peer) or nothing; stdout counted and dropped. Returns wall time, peak RSS, bytes out.
+ * network peer) or nothing; stdout counted and dropped. Returns wall time, CPU time, peak RSS,
+ * bytes out.
  */
 async function measure (argv: string[], stdinFile?: string): Promise<Measured> {
   const rssFile = join(process.env.BENCH_TMP ?? '/tmp', `rss-${process.pid}-${Math.random().toString(36).slice(2)}`)
-  const timed = [TIME, '-f', '%M', '-o', rssFile, ...argv].map(shellQuote).join(' ')
+  const timed = [TIME, '-f', '%M %U %S', '-o', rssFile, ...argv].map(shellQuote).join(' ')
   const script = stdinFile != null ? `cat ${shellQuote(stdinFile)} | ${timed}` : `${timed} < /dev/null`
   const started = process.hrtime.bigint()
   const bytes = await new Promise<number>((resolve, reject) => {
@@ -88,9 +91,10 @@ async function measure (argv: string[], stdinFile?: string): Promise<Measured> {
     })
   })
   const seconds = Number(process.hrtime.bigint() - started) / 1e9
-  const rssKiB = Number((await readFile(rssFile, 'utf8')).trim().split('\n').pop())
+  // The last line: earlier ones are /usr/bin/time's notes (e.g. "Command exited with ...").
+  const [rssKiB = NaN, user = NaN, system = NaN] = ((await readFile(rssFile, 'utf8')).trim().split('\n').pop() ?? '').split(' ').map(Number)
   await rm(rssFile, { force: true })
-  return { seconds, peakRssMiB: rssKiB / 1024, bytes }
+  return { seconds, cpuSeconds: user + system, peakRssMiB: rssKiB / 1024, bytes }
 }
 
 function restorePlace (): string {
@@ -117,6 +121,20 @@ function row (op: string, tool: string, narBytes: number, runs: Measured[], base
     's (median)': Number(seconds.toFixed(3)),
     'MiB/s': Math.round(mibps),
     'ours/nix': baseline != null ? Number((mibps / baseline).toFixed(2)) : 1,
+    'cpu s (median)': Number(median(runs.map(r => r.cpuSeconds)).toFixed(3)),
+    'peak RSS MiB': Number(Math.max(...runs.map(r => r.peakRssMiB)).toFixed(1))
+  }
+}
+
+function startupRow (tool: string, runs: Measured[]): BenchRow {
+  return {
+    op: 'startup',
+    tool,
+    'NAR MiB': 0,
+    's (median)': Number(median(runs.map(r => r.seconds)).toFixed(3)),
+    'MiB/s': '-',
+    'ours/nix': '-',
+    'cpu s (median)': Number(median(runs.map(r => r.cpuSeconds)).toFixed(3)),
     'peak RSS MiB': Number(Math.max(...runs.map(r => r.peakRssMiB)).toFixed(1))
   }
 }
@@ -163,7 +181,11 @@ export async function run (): Promise<BenchRow[]> {
       await rm(restoreBase, { recursive: true, force: true })
     }
     const startup: Measured[] = []
-    for (let i = 0; i < RUNS; i++) startup.push(await measure([process.execPath, MESHBUILD, '--help']))
+    const bareNode: Measured[] = []
+    for (let i = 0; i < RUNS; i++) {
+      startup.push(await measure([process.execPath, MESHBUILD, '--help']))
+      bareNode.push(await measure([process.execPath, '-e', '0']))
+    }
 
     const dumpRate = narBytes / MiB / median(dumpNix.map(r => r.seconds))
     const restoreRate = narBytes / MiB / median(restoreNix.map(r => r.seconds))
@@ -172,15 +194,8 @@ export async function run (): Promise<BenchRow[]> {
       row('dump', 'meshbuild nar dump-path', narBytes, dumpOurs, dumpRate),
       row('restore', 'nix-store --restore', narBytes, restoreNix),
       row('restore', 'meshbuild nar restore', narBytes, restoreOurs, restoreRate),
-      {
-        op: 'startup',
-        tool: 'meshbuild --help',
-        'NAR MiB': 0,
-        's (median)': Number(median(startup.map(r => r.seconds)).toFixed(3)),
-        'MiB/s': '-',
-        'ours/nix': '-',
-        'peak RSS MiB': Number(Math.max(...startup.map(r => r.peakRssMiB)).toFixed(1))
-      }
+      startupRow('meshbuild --help', startup),
+      startupRow('node -e 0', bareNode)
     ]
   } finally {
     await rm(base, { recursive: true, force: true })

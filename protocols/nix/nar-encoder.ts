@@ -1,6 +1,6 @@
 // NAR encoding of a file tree on disk, as `nix-store --dump PATH` writes it, streamed in chunks
 // of a fixed size: memory stays constant whatever the size of the tree or of its files.
-import { closeSync, lstatSync, openSync, readdirSync, readlinkSync, readSync, type Stats } from 'node:fs'
+import { closeSync, constants, lstatSync, openSync, readdirSync, readlinkSync, readSync, type Stats } from 'node:fs'
 import { NAR_MAGIC, NarFileChangedError, NarUnsupportedFileError, padding } from './nar-format.ts'
 
 /** Size of the chunks the encoder yields (file contents are read straight into them). */
@@ -50,17 +50,24 @@ function token (text: string): Buffer {
 
 const tokens = (...texts: string[]): Buffer => Buffer.concat(texts.map(token))
 
+// The fixed token runs, joined so that each node costs a few copies rather than one per token.
 const MAGIC = token(NAR_MAGIC)
-const REGULAR = tokens('(', 'type', 'regular')
-const EXECUTABLE = tokens('executable', '')
-const CONTENTS = token('contents')
+const REGULAR = tokens('(', 'type', 'regular', 'contents')
+const EXECUTABLE = tokens('(', 'type', 'regular', 'executable', '', 'contents')
 const SYMLINK = tokens('(', 'type', 'symlink', 'target')
 const DIRECTORY = tokens('(', 'type', 'directory')
 const ENTRY = tokens('entry', '(', 'name')
 const NODE = token('node')
+/** Closes a node that is the root. */
 const CLOSE = token(')')
+/** Closes a node and the directory entry holding it. */
+const CLOSE_ENTRY = tokens(')', ')')
+/** Padding (up to 7 zero bytes) followed by CLOSE or CLOSE_ENTRY, for each padding length. */
+const PAD_CLOSE = [0, 1, 2, 3, 4, 5, 6, 7].map(n => Buffer.concat([Buffer.alloc(n), CLOSE]))
+const PAD_CLOSE_ENTRY = [0, 1, 2, 3, 4, 5, 6, 7].map(n => Buffer.concat([Buffer.alloc(n), CLOSE_ENTRY]))
 const ZEROS = Buffer.alloc(8)
-const SLASH = Buffer.from('/')
+const SLASH = 0x2f
+const { O_RDONLY } = constants
 
 /**
  * Fills fixed-size chunks: small writes are copied in, file contents are read straight into the
@@ -82,20 +89,35 @@ class ChunkBuilder {
   get space (): number { return this.size - this.pos }
 
   put (bytes: Uint8Array): void {
-    let from = 0
-    while (from < bytes.length) {
-      const n = Math.min(this.space, bytes.length - from)
-      this.buf.set(bytes.subarray(from, from + n), this.pos)
+    const n = bytes.length
+    if (n < this.size - this.pos) { // the usual case: fits, chunk not full afterwards
+      this.buf.set(bytes, this.pos)
       this.pos += n
-      from += n
+      return
+    }
+    let from = 0
+    while (from < n) {
+      const k = Math.min(this.size - this.pos, n - from)
+      this.buf.set(bytes.subarray(from, from + k), this.pos)
+      this.pos += k
+      from += k
       if (this.pos === this.size) this.rotate()
     }
   }
 
+  /** A little-endian u64, written in place (a scratch copy only at a chunk's end). */
   putU64 (value: number): void {
+    const lo = value >>> 0
+    const hi = (value - lo) / 0x100000000
+    if (this.size - this.pos > 8) {
+      this.buf.writeUInt32LE(lo, this.pos)
+      this.buf.writeUInt32LE(hi, this.pos + 4)
+      this.pos += 8
+      return
+    }
     const b = Buffer.allocUnsafe(8)
-    b.writeUInt32LE(value % 0x100000000, 0)
-    b.writeUInt32LE(Math.floor(value / 0x100000000), 4)
+    b.writeUInt32LE(lo, 0)
+    b.writeUInt32LE(hi, 4)
     this.put(b)
   }
 
@@ -103,7 +125,8 @@ class ChunkBuilder {
   putString (bytes: Uint8Array): void {
     this.putU64(bytes.length)
     this.put(bytes)
-    this.put(ZEROS.subarray(0, padding(bytes.length)))
+    const pad = padding(bytes.length)
+    if (pad > 0) this.put(ZEROS.subarray(0, pad))
   }
 
   /** Marks `n` bytes just written into `buf` at `pos` as used. */
@@ -131,12 +154,27 @@ class ChunkBuilder {
  * their names, `executable` for files with the owner's x bit (Nix tests S_IXUSR only).
  */
 export async function * encodeNar (path: string | Buffer, options: EncodeNarOptions = {}): AsyncGenerator<Uint8Array> {
+  // The walk itself is synchronous; each chunk it completes is handed on here, so the consumer
+  // (a socket, a hash, stdout) sets the pace and the event loop runs between chunks.
+  for (const chunk of encodeNarSync(path, options)) yield chunk
+}
+
+/**
+ * The same chunks as `encodeNar`, from a synchronous generator, for a consumer whose own writes
+ * are synchronous (the CLI writing to a blocking stdout): no promise per chunk.
+ */
+export function encodeNarSync (path: string | Buffer, options: EncodeNarOptions = {}): Generator<Buffer> {
   // Without a pool from the caller, a private one that nobody releases to: fresh buffers.
   const pool = options.pool ?? new ChunkPool(options.chunkSize)
   const root = typeof path === 'string' ? Buffer.from(path, 'utf8') : path
-  // The walk itself is synchronous; each chunk it completes is handed on here, so the consumer
-  // (a socket, a hash, stdout) sets the pace and the event loop runs between chunks.
-  for (const chunk of walk(root, pool, options.signal)) yield chunk
+  return walk(root, pool, options.signal)
+}
+
+/** A directory being archived: its path with a trailing '/', its sorted names, the next one. */
+interface DirFrame {
+  prefix: Buffer
+  names: Buffer[]
+  next: number
 }
 
 /*
@@ -144,69 +182,81 @@ export async function * encodeNar (path: string | Buffer, options: EncodeNarOpti
  * (lstat, open, read, close through the thread pool) against ~10 µs with the *Sync calls, which
  * made a tree of many small files 5x slower to archive than nix-store. Each call blocks the
  * event loop for one system call at most (a read is at most one chunk), never for a whole file.
+ *
+ * Why one loop with an explicit stack rather than a recursive generator per node: a generator
+ * and a `yield*` chain per file cost more than the file's four system calls on a tree of many
+ * small files; here the only generator is this one, resumed once per chunk.
  */
 function * walk (root: Buffer, pool: ChunkPool, signal: AbortSignal | undefined): Generator<Buffer> {
   const out = new ChunkBuilder(pool)
+  const stack: DirFrame[] = []
   out.put(MAGIC)
-  yield * encodeNode(root, lstatSync(root), out, signal)
-  yield * out.take()
+  let path = root
+  let st = lstatSync(root)
+  for (;;) {
+    signal?.throwIfAborted()
+    // 1. The node at `path`: a leaf is written whole, a directory opens a frame.
+    const inEntry = stack.length > 0
+    if (st.isFile()) {
+      const size = st.size
+      out.put((st.mode & 0o100) !== 0 ? EXECUTABLE : REGULAR)
+      out.putU64(size)
+      if (size > 0) {
+        const fd = openSync(path, O_RDONLY)
+        try {
+          // Exactly the lstat size, as Nix reads; a file that shrank meanwhile fails rather
+          // than giving a NAR whose declared length is wrong.
+          for (let done = 0; done < size;) {
+            const got = readSync(fd, out.buf, out.pos, Math.min(out.size - out.pos, size - done), done)
+            if (got === 0) throw new NarFileChangedError(path.toString('utf8'), size, done)
+            done += got
+            out.advance(got)
+            if (out.ready.length > 0) {
+              signal?.throwIfAborted()
+              for (const chunk of out.take()) yield chunk
+            }
+          }
+        } finally {
+          closeSync(fd)
+        }
+      }
+      out.put((inEntry ? PAD_CLOSE_ENTRY : PAD_CLOSE)[padding(size)]!)
+    } else if (st.isDirectory()) {
+      out.put(DIRECTORY)
+      const names = readdirSync(path, { encoding: 'buffer' })
+      names.sort(Buffer.compare)
+      const prefix = Buffer.allocUnsafe(path.length + 1)
+      prefix.set(path, 0)
+      prefix[path.length] = SLASH
+      stack.push({ prefix, names, next: 0 })
+    } else if (st.isSymbolicLink()) {
+      out.put(SYMLINK)
+      out.putString(readlinkSync(path, { encoding: 'buffer' }))
+      out.put(inEntry ? CLOSE_ENTRY : CLOSE)
+    } else {
+      throw new NarUnsupportedFileError(path.toString('utf8'), kindOf(st))
+    }
+
+    // 2. The next entry: close finished directories until one has a name left.
+    let frame = stack[stack.length - 1]
+    while (frame !== undefined && frame.next === frame.names.length) {
+      stack.pop()
+      out.put(stack.length > 0 ? CLOSE_ENTRY : CLOSE)
+      frame = stack[stack.length - 1]
+    }
+    if (out.ready.length > 0) for (const chunk of out.take()) yield chunk
+    if (frame === undefined) break
+    const name = frame.names[frame.next++]!
+    out.put(ENTRY)
+    out.putString(name)
+    out.put(NODE)
+    path = Buffer.allocUnsafe(frame.prefix.length + name.length)
+    path.set(frame.prefix, 0)
+    path.set(name, frame.prefix.length)
+    st = lstatSync(path)
+  }
+  for (const chunk of out.take()) yield chunk
   if (out.pos > 0) yield out.buf.subarray(0, out.pos)
-}
-
-function * encodeNode (path: Buffer, st: Stats, out: ChunkBuilder, signal: AbortSignal | undefined): Generator<Buffer> {
-  signal?.throwIfAborted()
-  if (st.isFile()) {
-    out.put(REGULAR)
-    if ((st.mode & 0o100) !== 0) out.put(EXECUTABLE)
-    out.put(CONTENTS)
-    out.putU64(st.size)
-    if (st.size > 0) yield * encodeContents(path, st.size, out, signal)
-    out.put(ZEROS.subarray(0, padding(st.size)))
-    out.put(CLOSE)
-  } else if (st.isSymbolicLink()) {
-    out.put(SYMLINK)
-    out.putString(readlinkSync(path, { encoding: 'buffer' }))
-    out.put(CLOSE)
-  } else if (st.isDirectory()) {
-    out.put(DIRECTORY)
-    const names = readdirSync(path, { encoding: 'buffer' })
-    names.sort(Buffer.compare)
-    const prefix = Buffer.concat([path, SLASH])
-    for (const name of names) {
-      const child = Buffer.concat([prefix, name])
-      out.put(ENTRY)
-      out.putString(name)
-      out.put(NODE)
-      yield * encodeNode(child, lstatSync(child), out, signal)
-      out.put(CLOSE)
-    }
-    out.put(CLOSE)
-  } else {
-    throw new NarUnsupportedFileError(path.toString('utf8'), kindOf(st))
-  }
-  yield * out.take()
-}
-
-/**
- * Reads exactly `size` bytes (the lstat size, as Nix does) into the chunks; a file that shrank
- * meanwhile fails rather than giving a NAR whose declared length is wrong.
- */
-function * encodeContents (path: Buffer, size: number, out: ChunkBuilder, signal: AbortSignal | undefined): Generator<Buffer> {
-  const fd = openSync(path, 'r')
-  try {
-    let done = 0
-    while (done < size) {
-      signal?.throwIfAborted()
-      const want = Math.min(out.space, size - done)
-      const got = readSync(fd, out.buf, out.pos, want, done)
-      if (got === 0) throw new NarFileChangedError(path.toString('utf8'), size, done)
-      done += got
-      out.advance(got)
-      if (out.ready.length > 0) yield * out.take()
-    }
-  } finally {
-    closeSync(fd)
-  }
 }
 
 function kindOf (st: Stats): string {

@@ -2,19 +2,13 @@
 // in a temporary sibling of DIR and renamed into place only once the whole NAR has been read
 // and checked, so a malformed or truncated NAR never leaves a partial tree at DIR.
 import { randomBytes } from 'node:crypto'
-import { closeSync, mkdirSync, openSync, symlinkSync, write, writeSync } from 'node:fs'
+import { closeSync, constants, mkdirSync, openSync, symlinkSync, writeSync } from 'node:fs'
 import { lstat, rename, rm } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
-import { promisify } from 'node:util'
-import { decodeNar, type DecodeNarOptions } from './nar-decoder.ts'
+import { NarParser, type DecodeNarOptions, type NarSink } from './nar-decoder.ts'
 
-/** File contents are copied into buffers of this size and written a buffer at a time. */
-const WRITE_BUFFER = 1024 * 1024
-/** A file's last piece up to this size is written synchronously (cheaper than a thread-pool trip). */
-const SYNC_WRITE_MAX = 64 * 1024
-
-const fsWrite = promisify(write)
-const SLASH = Buffer.from('/')
+const { O_WRONLY, O_CREAT, O_EXCL } = constants
+const NEW_FILE = O_WRONLY | O_CREAT | O_EXCL
 
 /** The restore target exists already; nothing was written. */
 export class NarRestoreTargetExistsError extends Error {
@@ -33,125 +27,102 @@ export type RestoreNarOptions = DecodeNarOptions
  * regular file or a symlink, as the NAR's root says. On any error the temporary tree is removed
  * and the error (NarFormatError for bad input) is rethrown.
  *
- * File contents are copied out of the source's chunks as they arrive, so a source may reuse its
- * buffer for the next chunk.
+ * Each chunk is written out before the next is asked for, so a source may reuse its buffer.
  */
 export async function restoreNar (source: AsyncIterable<Uint8Array>, target: string, options: RestoreNarOptions = {}): Promise<void> {
-  await mustNotExist(target)
-  const temp = join(dirname(target), `.${basename(target)}.meshbuild-restore-${randomBytes(6).toString('hex')}`)
-  const tempBytes = Buffer.from(temp, 'utf8')
-  const full = (path: Uint8Array): Buffer => path.length === 0 ? tempBytes : Buffer.concat([tempBytes, SLASH, path])
-  const writer = new FileWriter()
-
-  // Why synchronous calls for mkdir/open/close/symlink: each takes microseconds, and through
-  // the thread pool they cost ~50 µs apiece here, which made trees of small files several
-  // times slower to restore than nix-store. Contents of any size are written asynchronously.
+  const restore = await NarRestore.start(target, options)
   try {
-    for await (const event of decodeNar(source, options)) {
-      switch (event.type) {
-        case 'directory':
-          mkdirSync(full(event.path), { mode: 0o777 })
-          break
-        case 'file':
-          writer.open(openSync(full(event.path), 'wx', event.executable ? 0o777 : 0o666))
-          break
-        case 'data':
-          await writer.add(event.data)
-          break
-        case 'file-end':
-          await writer.close()
-          break
-        case 'symlink':
-          symlinkSync(event.target as Buffer, full(event.path))
-          break
-        case 'directory-end':
-          break
-      }
+    for await (const chunk of source) {
+      options.signal?.throwIfAborted()
+      restore.push(chunk)
     }
-    // Checked again: something may have appeared at target while we read, and rename(2)
-    // would replace an empty directory or a file silently.
-    await mustNotExist(target)
-    await rename(temp, target)
+    await restore.finish()
   } catch (err) {
-    await writer.abandon()
-    await rm(temp, { recursive: true, force: true })
+    await restore.abandon()
     throw err
   }
 }
 
 /**
- * Writes one file at a time through two buffers: one fills with incoming data while the other
- * is being written, so decoding and disk writes overlap.
+ * One restore, fed chunk by chunk (`push` is synchronous, for a caller that reads its input
+ * synchronously), then `finish()` to check the NAR was complete and move the tree into place,
+ * or `abandon()` after any error to remove what was written.
  */
-class FileWriter {
-  private readonly buffers = [Buffer.allocUnsafeSlow(WRITE_BUFFER), Buffer.allocUnsafeSlow(WRITE_BUFFER)]
-  private current = 0
-  private pos = 0
-  private fd: number | undefined
-  private inflight: Promise<void> | undefined
+export class NarRestore {
+  readonly target: string
+  private readonly temp: string
+  private readonly parser: NarParser
+  private readonly writer: TreeWriter
 
-  open (fd: number): void {
-    this.fd = fd
-    this.pos = 0
+  private constructor (target: string, options: RestoreNarOptions) {
+    this.target = target
+    this.temp = join(dirname(target), `.${basename(target)}.meshbuild-restore-${randomBytes(6).toString('hex')}`)
+    this.writer = new TreeWriter()
+    this.parser = new NarParser(this.writer, { ...options, root: Buffer.from(this.temp, 'utf8') })
   }
 
-  async add (data: Uint8Array): Promise<void> {
-    let from = 0
-    while (from < data.length) {
-      const buf = this.buffers[this.current]!
-      const n = Math.min(WRITE_BUFFER - this.pos, data.length - from)
-      buf.set(data.subarray(from, from + n), this.pos)
-      this.pos += n
-      from += n
-      if (this.pos === WRITE_BUFFER) await this.flush()
-    }
+  /** Checks that `target` does not exist yet. */
+  static async start (target: string, options: RestoreNarOptions = {}): Promise<NarRestore> {
+    await mustNotExist(target)
+    return new NarRestore(target, options)
   }
 
-  /** Starts writing the current buffer (after the previous write finished) and switches buffers. */
-  private async flush (): Promise<void> {
-    await this.inflight
-    const fd = this.fd!
-    const piece = this.buffers[this.current]!.subarray(0, this.pos)
-    this.inflight = writeFully(fd, piece)
-    this.inflight.catch(() => {}) // awaited before the next write or the close
-    this.current ^= 1
-    this.pos = 0
+  push (chunk: Uint8Array): void {
+    this.parser.push(chunk)
   }
 
-  async close (): Promise<void> {
-    const fd = this.fd!
-    if (this.pos > 0) {
-      if (this.inflight == null && this.pos <= SYNC_WRITE_MAX) {
-        const piece = this.buffers[this.current]!.subarray(0, this.pos)
-        for (let done = 0; done < piece.length;) done += writeSync(fd, piece, done)
-        this.pos = 0
-      } else {
-        await this.flush()
-      }
-    }
-    const last = this.inflight
-    this.inflight = undefined
-    this.fd = undefined
-    try {
-      await last
-    } finally {
-      closeSync(fd)
-    }
+  async finish (): Promise<void> {
+    this.parser.end()
+    // Checked again: something may have appeared at target while we read, and rename(2)
+    // would replace an empty directory or a file silently.
+    await mustNotExist(this.target)
+    await rename(this.temp, this.target)
   }
 
-  /** After a failure: waits for any write in flight and closes the file, ignoring errors. */
   async abandon (): Promise<void> {
-    await this.inflight?.catch(() => {})
-    this.inflight = undefined
-    if (this.fd !== undefined) {
-      try { closeSync(this.fd) } catch {}
-      this.fd = undefined
-    }
+    this.writer.abandon()
+    await rm(this.temp, { recursive: true, force: true })
   }
 }
 
-async function writeFully (fd: number, data: Uint8Array): Promise<void> {
-  for (let done = 0; done < data.length;) done += (await fsWrite(fd, data, done, data.length - done)).bytesWritten
+/*
+ * Why synchronous calls throughout: each takes microseconds, and through the thread pool they
+ * cost ~50 µs apiece here, which made trees of small files several times slower to restore
+ * than nix-store. A write is at most one input chunk, so the event loop is never held long.
+ */
+class TreeWriter implements NarSink {
+  private fd = -1
+
+  directory (path: Buffer): void {
+    mkdirSync(path, 0o777)
+  }
+
+  directoryEnd (): void {}
+
+  file (path: Buffer, executable: boolean): void {
+    this.fd = openSync(path, NEW_FILE, executable ? 0o777 : 0o666)
+  }
+
+  data (_path: Buffer, data: Buffer): void {
+    for (let done = 0; done < data.length;) done += writeSync(this.fd, data, done)
+  }
+
+  fileEnd (): void {
+    const fd = this.fd
+    this.fd = -1
+    closeSync(fd)
+  }
+
+  symlink (path: Buffer, target: Buffer): void {
+    symlinkSync(target, path)
+  }
+
+  /** After a failure: closes the file being written, if any. */
+  abandon (): void {
+    if (this.fd < 0) return
+    try { closeSync(this.fd) } catch {}
+    this.fd = -1
+  }
 }
 
 async function mustNotExist (path: string): Promise<void> {
