@@ -5,19 +5,10 @@ import { join } from 'node:path'
 import { Hash } from '../../protocols/nix/hash.ts'
 import { type NarInfo, NarinfoFormatError, formatNarinfo, parseNarinfo } from '../../protocols/nix/narinfo.ts'
 import { instantiate, nix, shDrv, tempDir } from '../helpers/nix.ts'
+import { nixTopNarinfo } from '../helpers/narinfo-fixtures.ts'
 
 // Written by `nix copy --to file://...` (Nix 2.8) on this machine, after `nix store sign`.
-const TOP = `StorePath: /nix/store/vwkb9ziw1qmjw68j5jhc8hf1fw58vmqj-top
-URL: nar/080av70zarbxwk4scsn6i71jadm5hcazr7xdm8ibi58cqjsq693a.nar.xz
-Compression: xz
-FileHash: sha256:080av70zarbxwk4scsn6i71jadm5hcazr7xdm8ibi58cqjsq693a
-FileSize: 168
-NarHash: sha256:0y43n2q9vv18qa1136wviva8wkbfc0i5ph4qj9dp74fza9q4kvca
-NarSize: 160
-References: 1an0wjmmnkdpssynpji7civ9n4hlp17q-dep
-Deriver: 7703xdxskkdjf5iszqhzc3f2h29w9r85-top.drv
-Sig: test-1:920iT2R5KvghScEJqy452sHFaLTXp+O1a8uvZGEObZYtFRwSOd1UDOteGomsiT9nxr5JO2/OnUwe3o3SgxH1Cg==
-`
+const TOP = nixTopNarinfo('test-1:920iT2R5KvghScEJqy452sHFaLTXp+O1a8uvZGEObZYtFRwSOd1UDOteGomsiT9nxr5JO2/OnUwe3o3SgxH1Cg==')
 // No references: Nix still writes `References: ` with its trailing space.
 const DEP = `StorePath: /nix/store/1an0wjmmnkdpssynpji7civ9n4hlp17q-dep
 URL: nar/12k6j8cwpsl2kj3qw8wk8h5sp1wiklrmxzpkinq2y3hkgc9iv1f9.nar.xz

@@ -14,22 +14,13 @@ import {
 import { exec } from '../../node/nix/exec.ts'
 import { type NixSettings, nixEnv } from '../../node/nix/nix-config.ts'
 import { instantiate, nix, shDrv, tempDir } from '../helpers/nix.ts'
+import { nixTopNarinfo } from '../helpers/narinfo-fixtures.ts'
 
 // A key made by `nix-store --generate-binary-cache-key test-1`, and a narinfo whose Sig
 // `nix store sign` made with it (Nix 2.8, this machine).
 const NIX_PUBLIC = 'test-1:0nbRgQ0otGbY0C+jfMB1wrOHVnkS7TbATE3b/8JxjdA='
 const NIX_SIG = 'test-1:920iT2R5KvghScEJqy452sHFaLTXp+O1a8uvZGEObZYtFRwSOd1UDOteGomsiT9nxr5JO2/OnUwe3o3SgxH1Cg=='
-const TOP = `StorePath: /nix/store/vwkb9ziw1qmjw68j5jhc8hf1fw58vmqj-top
-URL: nar/080av70zarbxwk4scsn6i71jadm5hcazr7xdm8ibi58cqjsq693a.nar.xz
-Compression: xz
-FileHash: sha256:080av70zarbxwk4scsn6i71jadm5hcazr7xdm8ibi58cqjsq693a
-FileSize: 168
-NarHash: sha256:0y43n2q9vv18qa1136wviva8wkbfc0i5ph4qj9dp74fza9q4kvca
-NarSize: 160
-References: 1an0wjmmnkdpssynpji7civ9n4hlp17q-dep
-Deriver: 7703xdxskkdjf5iszqhzc3f2h29w9r85-top.drv
-Sig: ${NIX_SIG}
-`
+const TOP = nixTopNarinfo(NIX_SIG)
 const TOP_FINGERPRINT = '1;/nix/store/vwkb9ziw1qmjw68j5jhc8hf1fw58vmqj-top;' +
   'sha256:0y43n2q9vv18qa1136wviva8wkbfc0i5ph4qj9dp74fza9q4kvca;160;/nix/store/1an0wjmmnkdpssynpji7civ9n4hlp17q-dep'
 
