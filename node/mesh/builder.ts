@@ -1,14 +1,14 @@
 // Runs one job in a slot of this node: for a stolen job, first brings the .drv closure and the
-// input outputs from the owner; then realises it with the local Nix and classifies the outcome.
+// input outputs from the owner (one path-info round, one nar stream, one nix-store --import);
+// then realises it with the local Nix and classifies the outcome.
 import { createWriteStream } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { outputPaths, readDerivation } from '../../protocols/nix/derivation.ts'
 import { storePathBaseName } from '../../protocols/nix/store-path.ts'
 import { BuildFailure, type StoreBackend } from '../nix/store-backend.ts'
 import type { FailureKind, WorkItem } from '../scheduler/job.ts'
 import type { BuildOutcome } from '../scheduler/scheduler.ts'
-import { fetchClosure, PathUnavailable } from './store-transfer.ts'
+import { fetchClosure, inputOutputs, PathUnavailable } from './store-transfer.ts'
 import { substituteFrom, type CacheRef } from '../cache/cache-client.ts'
 import type { MeshNetwork } from './network.ts'
 import type { Logger } from '../log.ts'
@@ -74,29 +74,36 @@ export async function runWorkItem (ctx: BuilderContext, item: WorkItem, signal: 
   }
 }
 
-/** The .drv closure first (so the derivation can be read), then the outputs of its inputs. */
+/**
+ * The .drv closure and the outputs of its inputs, in one round: the owner, which has the .drv,
+ * names the inputs. Once the .drv is here the worker reads the inputs itself: any the owner did
+ * not describe (an older owner ignores withInputs) are fetched in a second round, and any the
+ * owner lacks come from the shared cache.
+ */
 async function fetchInputs (ctx: BuilderContext, item: WorkItem, signal: AbortSignal): Promise<void> {
-  const drvs = await fetchClosure(ctx.network, ctx.store, item.owner, [item.drvPath], signal)
-  const drv = await readDerivation(item.drvPath)
-  const inputs: string[] = []
-  for (const [inputDrv, names] of drv.inputDrvs) {
-    const outs = outputPaths(await readDerivation(inputDrv))
-    for (const n of names) {
-      const p = outs.get(n)
-      if (p !== undefined && p !== '') inputs.push(p)
+  const first = await fetchClosure(ctx.network, ctx.store, item.owner, [item.drvPath], signal, { withInputs: true })
+  const inputs = await inputOutputs([item.drvPath])
+  const present = new Set(first.present)
+  const ownerLacks = new Set(first.missing)
+  const undescribed = inputs.filter(p => !present.has(p) && !ownerLacks.has(p))
+  let imported = first.imported.length
+  let bytes = first.bytes
+  if (undescribed.length > 0) {
+    try {
+      const second = await fetchClosure(ctx.network, ctx.store, item.owner, undescribed, signal)
+      imported += second.imported.length
+      bytes += second.bytes
+    } catch (err) {
+      if (!(err instanceof PathUnavailable)) throw err
+      for (const p of undescribed) ownerLacks.add(p)
     }
   }
-  let outs
-  try {
-    outs = await fetchClosure(ctx.network, ctx.store, item.owner, inputs, signal)
-  } catch (err) {
+  const fromCache = inputs.filter(p => ownerLacks.has(p))
+  if (fromCache.length > 0) {
     const cache = ctx.cache()
-    if (!(err instanceof PathUnavailable) || cache === undefined) throw err
-    ctx.log.info(`${err.message}; substituting the inputs of ${item.drvPath} from the shared cache`)
-    await substituteFrom(cache, inputs, signal)
-    outs = { imported: inputs, bytes: 0 }
+    if (cache === undefined) throw new PathUnavailable(`${item.owner} does not have ${fromCache.join(', ')}`)
+    ctx.log.info(`${item.owner} lacks ${fromCache.length} input(s) of ${item.drvPath}; substituting them from the shared cache`)
+    await substituteFrom(cache, fromCache, signal)
   }
-  if (drvs.imported.length + outs.imported.length > 0) {
-    ctx.log.debug(`fetched ${drvs.imported.length + outs.imported.length} paths (${drvs.bytes + outs.bytes} bytes) for ${item.drvPath}`)
-  }
+  if (imported > 0) ctx.log.debug(`fetched ${imported} paths (${bytes} bytes) for ${item.drvPath}`)
 }

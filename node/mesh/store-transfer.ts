@@ -2,18 +2,22 @@
 // streams the paths a receiver lacks. Both sides live here because they share one contract: NARs
 // arrive in closure order (references first), each checked against its NarHash while it streams.
 //
-// path-info: 1. requester writes {roots}; 2. server replies {infos (closure, references first), missing}.
+// path-info: 1. requester writes {roots, withInputs?}; 2. server replies {infos (closure, references
+//            first), missing, inputs?}. With withInputs, the outputs of the input derivations of
+//            every .drv root are described too (listed in `inputs`; in `missing` where absent), so
+//            a worker gets a job's .drv closure and its inputs in one round.
 // nar:       1. requester writes {paths}; 2. for each path the server writes a header {path, info}
 //            followed by exactly info.narSize bytes of NAR, or a header {path, error} and nothing.
+import { inputDrvPaths, outputPaths, readDerivation } from '../../protocols/nix/derivation.ts'
 import { Hash } from '../../protocols/nix/hash.ts'
 import {
-  MAX_REPLY_BYTES, MAX_REQUEST_BYTES, NAR_IDLE_TIMEOUT_MS, PROTOCOL_NAR, PROTOCOL_PATH_INFO, REPLY_TIMEOUT_MS
+  MAX_LIST_ITEMS, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, NAR_IDLE_TIMEOUT_MS, PROTOCOL_NAR, PROTOCOL_PATH_INFO, REPLY_TIMEOUT_MS
 } from '../../protocols/mesh/constants.ts'
 import {
   validateNarHeader, validateNarRequest, validatePathInfoReply, validatePathInfoRequest, type PathInfoMessage
 } from '../../protocols/mesh/messages.ts'
 import { ProtocolError } from '../../protocols/mesh/stream-channel.ts'
-import type { PathInfo, StoreBackend } from '../nix/store-backend.ts'
+import type { ImportInfo, NarEntry, PathInfo, StoreBackend } from '../nix/store-backend.ts'
 import type { MeshNetwork } from './network.ts'
 import type { Logger } from '../log.ts'
 
@@ -33,30 +37,56 @@ export function toMessage (info: PathInfo): PathInfoMessage {
   }
 }
 
+/**
+ * The outputs of the input derivations of `drvPaths`: what a build of them needs besides their
+ * .drv closure. Read from the .drv files; a .drv that is not here (or not readable) adds nothing.
+ */
+export async function inputOutputs (drvPaths: string[]): Promise<string[]> {
+  const out = new Set<string>()
+  for (const drvPath of drvPaths) {
+    if (!drvPath.endsWith('.drv')) continue
+    try {
+      const drv = await readDerivation(drvPath)
+      for (const inputDrv of inputDrvPaths(drv)) {
+        const outs = outputPaths(await readDerivation(inputDrv))
+        for (const name of drv.inputDrvs.get(inputDrv) ?? []) {
+          const p = outs.get(name)
+          if (p !== undefined && p !== '') out.add(p)
+        }
+      }
+    } catch {}
+  }
+  return [...out]
+}
+
 /** Serves this node's store to peers. */
 export async function serveStore (network: MeshNetwork, store: StoreBackend, log: Logger): Promise<void> {
   await network.handle(PROTOCOL_PATH_INFO, async (channel, peer) => {
     const req = await channel.readMessage(validatePathInfoRequest, { maxBytes: MAX_REQUEST_BYTES, timeoutMs: REPLY_TIMEOUT_MS })
-    const valid = await store.isValid(req.roots)
-    const missing = req.roots.filter(r => !valid.has(r))
-    const closure = valid.size > 0 ? await store.closure([...valid]) : []
-    const infos = await store.queryPathInfos(closure)
-    const ordered = closure.map(p => infos.get(p)).filter((i): i is PathInfo => i !== undefined).map(toMessage)
-    log.debug(`path-info for ${peer}: ${ordered.length} paths, ${missing.length} missing`)
-    await channel.writeMessage({ infos: ordered, missing })
+    // The .drv files are read before Nix says they are valid: an invalid one is reported missing
+    // below, and the requester then gives up on it, whatever inputs it named.
+    const roots = new Set(req.roots)
+    const inputs = req.withInputs === true
+      ? (await inputOutputs(req.roots)).filter(p => !roots.has(p)).slice(0, MAX_LIST_ITEMS)
+      : []
+    const { infos, missing } = await store.closureInfos([...req.roots, ...inputs])
+    log.debug(`path-info for ${peer}: ${infos.length} paths, ${missing.length} missing${req.withInputs === true ? `, ${inputs.length} inputs` : ''}`)
+    await channel.writeMessage({ infos: infos.map(toMessage), missing, ...(req.withInputs === true ? { inputs } : {}) })
   })
 
   await network.handle(PROTOCOL_NAR, async (channel, peer) => {
     const req = await channel.readMessage(validateNarRequest, { maxBytes: MAX_REQUEST_BYTES, timeoutMs: REPLY_TIMEOUT_MS })
+    // One query for the whole request; each NAR is then one nix-store --dump.
+    const infos = await store.queryPathInfos(req.paths)
     for (const path of req.paths) {
-      const info = await store.queryPathInfo(path)
-      if (info === null) {
+      const info = infos.get(path)
+      if (info === undefined) {
         await channel.writeMessage({ path, error: 'not valid in this store' })
         continue
       }
       await channel.writeMessage({ path, info: toMessage(info) })
       let sent = 0
-      for await (const chunk of store.exportNar(path)) {
+      for await (const chunk of store.exportNar(path, { knownValid: true })) {
         await channel.write(chunk)
         sent += chunk.byteLength
       }
@@ -70,54 +100,90 @@ export interface FetchResult {
   /** Paths imported into the local store. */
   imported: string[]
   bytes: number
+  /** Every path the peer described that is now valid here (imported or valid before). */
+  present: string[]
+  /** With `withInputs`: input outputs the peer does not have (the roots themselves never are). */
+  missing: string[]
+}
+
+export interface FetchOptions {
+  /** Also fetch the outputs of the input derivations of every .drv root, in the same round. */
+  withInputs?: boolean
 }
 
 /**
  * Makes the closure of `roots` valid in the local store, fetching what is missing from `peer`.
  * Throws PathUnavailable when the peer lacks a root, NarHashMismatch (from the store) when a NAR
- * is not what its header claimed.
+ * is not what its path-info claimed; paths imported before the failing one stay imported.
  */
-export async function fetchClosure (network: MeshNetwork, store: StoreBackend, peer: string, roots: string[], signal?: AbortSignal): Promise<FetchResult> {
-  const already = await store.isValid(roots)
-  const wanted = roots.filter(r => !already.has(r))
-  if (wanted.length === 0) return { imported: [], bytes: 0 }
-
-  // 1. Ask what the closure holds.
+export async function fetchClosure (network: MeshNetwork, store: StoreBackend, peer: string, roots: string[], signal?: AbortSignal, options: FetchOptions = {}): Promise<FetchResult> {
+  if (roots.length === 0) return { imported: [], bytes: 0, present: [], missing: [] }
+  // 1. Ask what the closure holds. No local check first: what is fetched is almost never here
+  //    yet, and the check of the whole closure below covers the roots.
   const infoChannel = await network.open(peer, PROTOCOL_PATH_INFO, signal)
   let reply
   try {
-    await infoChannel.writeMessage({ roots: wanted }, signal)
+    await infoChannel.writeMessage({ roots, ...(options.withInputs === true ? { withInputs: true } : {}) }, signal)
     reply = await infoChannel.readMessage(validatePathInfoReply, { maxBytes: MAX_REPLY_BYTES, timeoutMs: REPLY_TIMEOUT_MS, signal })
   } finally {
     await infoChannel.close()
   }
-  if (reply.missing.length > 0) throw new PathUnavailable(`${peer} does not have ${reply.missing.join(', ')}`)
-  // A reply that neither describes a root nor calls it missing would have us import other paths.
+  const asked = new Set(roots)
+  const inputs = options.withInputs === true ? (reply.inputs ?? []) : []
+  const missingRoots = reply.missing.filter(m => asked.has(m))
+  if (missingRoots.length > 0) throw new PathUnavailable(`${peer} does not have ${missingRoots.join(', ')}`)
+  const missingInputs = reply.missing.filter(m => !asked.has(m))
+  const inputSet = new Set(inputs)
+  const unasked = missingInputs.find(m => !inputSet.has(m))
+  if (unasked !== undefined) throw new ProtocolError(`${peer} answered path-info calling ${unasked} missing, which was not asked for`)
+  // A reply that neither describes a root nor calls it missing would have us import other paths;
+  // so would one describing paths outside the closure of what was asked.
   const described = new Map(reply.infos.map(i => [i.path, i]))
-  const undescribed = wanted.filter(r => !described.has(r))
+  const undescribed = roots.filter(r => !described.has(r))
   if (undescribed.length > 0) throw new ProtocolError(`${peer} answered path-info without describing ${undescribed.join(', ')}`)
+  const stray = outsideClosure(described, [...roots, ...inputs.filter(i => described.has(i))])
+  if (stray !== undefined) throw new ProtocolError(`${peer} answered path-info describing ${stray}, outside the closure asked for`)
 
-  // 2. Fetch what we lack, references first.
+  // 2. Fetch what we lack, references first, into the store in one batch.
   const have = await store.isValid(reply.infos.map(i => i.path))
   const needed = reply.infos.filter(i => !have.has(i.path))
-  if (needed.length === 0) return { imported: [], bytes: 0 }
-  let bytes = 0
-  await pullNars(network, peer, needed.map(i => i.path), async (info, nar) => {
-    // The NAR is checked against its header's hash: that must be the hash path-info gave.
-    const said = described.get(info.path)
-    if (said === undefined || said.narHash !== info.narHash || said.narSize !== info.narSize) {
-      throw new ProtocolError(`NAR header from ${peer} for ${info.path} contradicts its path-info`)
+  const present = reply.infos.map(i => i.path)
+  if (needed.length === 0) return { imported: [], bytes: 0, present, missing: missingInputs }
+  const nars = async function * (): AsyncGenerator<NarEntry> {
+    for await (const { info, nar } of receiveNars(network, peer, needed.map(i => i.path), signal)) {
+      // The NAR is checked against path-info's hash: the header must say the same.
+      const said = described.get(info.path)
+      if (said === undefined || said.narHash !== info.narHash || said.narSize !== info.narSize) {
+        throw new ProtocolError(`NAR header from ${peer} for ${info.path} contradicts its path-info`)
+      }
+      yield { path: info.path, nar }
     }
-    await store.importNar({
-      path: info.path,
-      narHash: Hash.parse(info.narHash),
-      narSize: info.narSize,
-      references: info.references,
-      ...(info.deriver !== undefined ? { deriver: info.deriver } : {})
-    }, nar, { signal })
-    bytes += info.narSize
-  }, signal)
-  return { imported: needed.map(i => i.path), bytes }
+  }
+  await store.importNars(needed.map(importInfo), nars(), signal !== undefined ? { signal } : {})
+  return { imported: needed.map(i => i.path), bytes: needed.reduce((n, i) => n + i.narSize, 0), present, missing: missingInputs }
+}
+
+function importInfo (info: PathInfoMessage): ImportInfo {
+  return {
+    path: info.path,
+    narHash: Hash.parse(info.narHash),
+    narSize: info.narSize,
+    references: info.references,
+    ...(info.deriver !== undefined ? { deriver: info.deriver } : {})
+  }
+}
+
+/** A described path not reachable from `roots` through described references, if any. */
+function outsideClosure (described: Map<string, PathInfoMessage>, roots: string[]): string | undefined {
+  const seen = new Set<string>()
+  const todo = [...roots]
+  for (let p = todo.pop(); p !== undefined; p = todo.pop()) {
+    if (seen.has(p)) continue
+    seen.add(p)
+    for (const r of described.get(p)?.references ?? []) if (!seen.has(r)) todo.push(r)
+  }
+  for (const p of described.keys()) if (!seen.has(p)) return p
+  return undefined
 }
 
 /** What to do with each NAR as it arrives; it must read `nar` to its end (or throw). */
@@ -128,7 +194,19 @@ export type NarConsumer = (info: PathInfoMessage, nar: AsyncIterable<Uint8Array>
  * order. Throws PathUnavailable when the peer cannot send one; any error aborts the stream.
  */
 export async function pullNars (network: MeshNetwork, peer: string, paths: string[], consume: NarConsumer, signal?: AbortSignal): Promise<void> {
+  for await (const { info, nar } of receiveNars(network, peer, paths, signal)) await consume(info, nar)
+}
+
+/**
+ * The NARs of `paths` from `peer` over one nar stream, in order, each with its header's info.
+ * Whatever of a NAR the consumer leaves unread is skipped before the next header is read.
+ * Throws PathUnavailable when the peer cannot send one; an error, or a consumer that stops
+ * early, aborts the stream.
+ */
+export async function * receiveNars (network: MeshNetwork, peer: string, paths: string[], signal?: AbortSignal): AsyncGenerator<{ info: PathInfoMessage, nar: AsyncIterable<Uint8Array> }> {
   const channel = await network.open(peer, PROTOCOL_NAR, signal)
+  let failure: Error = new Error('the NAR consumer stopped early')
+  let done = false
   try {
     await channel.writeMessage({ paths }, signal)
     for (const expected of paths) {
@@ -136,14 +214,25 @@ export async function pullNars (network: MeshNetwork, peer: string, paths: strin
       if (header.path !== expected) throw new ProtocolError(`expected NAR of ${expected}, got ${header.path}`)
       if (header.info === undefined) throw new PathUnavailable(`${peer} cannot send ${header.path}: ${header.error ?? 'no reason given'}`)
       if (header.info.path !== header.path) throw new ProtocolError(`NAR header for ${header.path} describes ${header.info.path}`)
-      const nar = channel.readRaw(header.info.narSize, { idleTimeoutMs: NAR_IDLE_TIMEOUT_MS, signal })
-      await consume(header.info, nar)
-      // A consumer may skip a NAR (the path became valid meanwhile): read past it to the next header.
-      for await (const _ of nar) {}
+      let left = header.info.narSize
+      const raw = channel.readRaw(left, { idleTimeoutMs: NAR_IDLE_TIMEOUT_MS, signal })
+      const nar = (async function * () {
+        for await (const chunk of raw) {
+          left -= chunk.byteLength
+          yield chunk
+        }
+      })()
+      yield { info: header.info, nar }
+      // A consumer may skip a NAR, or close it without reading (the path became valid meanwhile):
+      // read past what is left of it from the channel itself, so the next header is found.
+      if (left > 0) for await (const _ of channel.readRaw(left, { idleTimeoutMs: NAR_IDLE_TIMEOUT_MS, signal })) {}
     }
     await channel.close()
+    done = true
   } catch (err) {
-    channel.abort(err as Error)
+    failure = err as Error
     throw err
+  } finally {
+    if (!done) channel.abort(failure)
   }
 }

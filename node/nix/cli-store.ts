@@ -1,18 +1,20 @@
-// StoreBackend over Nix 2.8's command-line tools (nix-store, nix path-info, nix show-derivation).
-// Each method is one or two Nix calls however many paths it is given; NARs stream through the
-// child processes' pipes with backpressure in both directions.
+// StoreBackend over Nix 2.8's command-line tools (nix-store, nix path-info).
+// Each method is one or two Nix calls however many paths it is given (a batch of NARs is one
+// nix-store --import); NARs stream through the child processes' pipes with backpressure in both
+// directions.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import type { Writable } from 'node:stream'
 import { Hash } from '../../protocols/nix/hash.ts'
+import { outputPaths, readDerivation } from '../../protocols/nix/derivation.ts'
 import { exec, NixCommandError } from './exec.ts'
 import { nixEnv, type NixSettings } from './nix-config.ts'
 import { exportEnd, exportHeader, exportTrailer, NarEndTracker, NarFormatError } from './nix-export-format.ts'
 import {
-  BUILD_LOG_TAIL_LINES, buildFailureFor, InvalidStorePath, NarHashMismatch, OperationAborted, PathNotValid,
-  type DrvClosure, type ImportInfo, type ImportResult, type PathInfo, type RealiseOptions, type RealiseResult,
-  type StoreBackend, type WaitOptions
+  BUILD_LOG_TAIL_LINES, buildFailureFor, InvalidStorePath, NarHashMismatch, NarOutOfOrder, OperationAborted, PathNotValid,
+  type DrvClosure, type ExportOptions, type ImportBatchResult, type ImportInfo, type ImportResult, type NarEntry,
+  type PathInfo, type RealiseOptions, type RealiseResult, type StoreBackend, type WaitOptions
 } from './store-backend.ts'
 
 export const DEFAULT_STORE_DIR = '/nix/store'
@@ -102,6 +104,31 @@ export class CliStore implements StoreBackend {
     return lines(out)
   }
 
+  async closureInfos (roots: string[], options: WaitOptions = {}): Promise<{ infos: PathInfo[], missing: string[] }> {
+    this.checkPaths(roots)
+    const unique = [...new Set(roots)]
+    if (unique.length === 0) return { infos: [], missing: [] }
+    // `nix path-info -r` fails on an invalid root, so find those first; then one call per kind of
+    // root (see queryPathInfos for why .drv roots need --derivation). Three Nix calls at most,
+    // where closure() + queryPathInfos() take four or five.
+    const valid = await this.isValid(unique, options)
+    const missing = unique.filter(p => !valid.has(p))
+    const byPath = new Map<string, PathInfo>()
+    const drvs = unique.filter(p => valid.has(p) && p.endsWith('.drv'))
+    const others = unique.filter(p => valid.has(p) && !p.endsWith('.drv'))
+    for (const [group, flags] of [[drvs, ['--derivation']], [others, []]] as const) {
+      for (const batch of batches(group)) {
+        const out = await this.run('nix', ['path-info', '--json', '--sigs', '--recursive', ...flags, ...batch], options)
+        for (const entry of JSON.parse(out) as PathInfoJson[]) {
+          if (entry.valid === false) continue
+          const info = parsePathInfo(entry)
+          byPath.set(info.path, info)
+        }
+      }
+    }
+    return { infos: referencesFirst(byPath), missing }
+  }
+
   async drvClosure (drvPath: string, options: WaitOptions = {}): Promise<DrvClosure> {
     this.checkDrv(drvPath)
     // A .drv references the .drv files of its inputs and its input sources, never outputs.
@@ -152,9 +179,10 @@ export class CliStore implements StoreBackend {
     return { outputs: await this.outputsOf(drvPath, lines(Buffer.concat(stdout).toString('utf8')), options) }
   }
 
-  async * exportNar (path: string, options: WaitOptions = {}): AsyncGenerator<Uint8Array> {
+  async * exportNar (path: string, options: ExportOptions = {}): AsyncGenerator<Uint8Array> {
     // `nix-store --dump` dumps any file it is given; only registered paths may leave the store.
-    if (!(await this.isValid([path], options)).has(path)) throw new PathNotValid(path)
+    this.checkPaths([path])
+    if (options.knownValid !== true && !(await this.isValid([path], options)).has(path)) throw new PathNotValid(path)
     const child = spawn('nix-store', ['--dump', path], { env: nixEnv(this.settings), stdio: ['ignore', 'pipe', 'pipe'] })
     const exited = exitOf(child)
     let stderr = ''
@@ -178,8 +206,7 @@ export class CliStore implements StoreBackend {
   }
 
   async importNar (info: ImportInfo, nar: AsyncIterable<Uint8Array>, options: WaitOptions = {}): Promise<ImportResult> {
-    this.checkPaths([info.path, ...info.references, ...(info.deriver != null ? [info.deriver] : [])])
-    const { signal } = options
+    this.checkInfo(info)
     // 1. Already valid: tell the producer to stop without reading a byte. Nix refuses a path
     //    whose references are missing, so find that out before streaming the NAR too.
     const others = info.references.filter(r => r !== info.path)
@@ -193,7 +220,20 @@ export class CliStore implements StoreBackend {
       await nar[Symbol.asyncIterator]().return?.()
       throw new PathNotValid(missing)
     }
-    signal?.throwIfAborted()
+    // 2. A batch of one.
+    await this.importNars([info], single({ path: info.path, nar }), options)
+    return { imported: true }
+  }
+
+  async importNars (infos: ImportInfo[], nars: AsyncIterable<NarEntry>, options: WaitOptions = {}): Promise<ImportBatchResult> {
+    for (const info of infos) this.checkInfo(info)
+    const { signal } = options
+    const source = nars[Symbol.asyncIterator]()
+    if (infos.length === 0 || signal?.aborted === true) {
+      await source.return?.()
+      signal?.throwIfAborted()
+      return { imported: [] }
+    }
 
     const child = spawn('nix-store', ['--import'], { env: nixEnv(this.settings), stdio: ['pipe', 'pipe', 'pipe'] })
     const exited = exitOf(child)
@@ -204,64 +244,87 @@ export class CliStore implements StoreBackend {
     child.stderr?.on('data', (d: string) => { stderr += d })
     const stdin = child.stdin as Writable
     stdin.on('error', () => {}) // EPIPE when Nix gives up early; its exit code tells why
-    const onAbort = (): void => { child.kill('SIGKILL') }
-    signal?.addEventListener('abort', onAbort, { once: true })
     let exitCode: number | null = null
     exited.then(c => { exitCode = c }, () => {})
+    // Stopping is ending stdin, never killing first: Nix then reads the partial NAR to EOF and fails
+    // on it, having registered every path whose trailer it read (so the error semantics above hold).
+    let killTimer: NodeJS.Timeout | undefined
+    const stop = (): void => {
+      if (exitCode != null || killTimer != null) return
+      stdin.end()
+      killTimer = setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS)
+      killTimer.unref()
+    }
+    signal?.addEventListener('abort', stop, { once: true })
 
+    let current: string | undefined
     try {
-      // 2. The header, then the NAR as it arrives: hashed, counted, and framed so that not one
-      //    byte past its end or past narSize reaches Nix.
-      await writeAll(stdin, exportHeader(), exited)
-      const hasher = createHash(info.narHash.algorithm)
-      const tracker = new NarEndTracker()
-      let size = 0
-      for await (const chunk of nar) {
-        signal?.throwIfAborted()
-        if (size + chunk.length > info.narSize) {
-          throw new NarHashMismatch(info.path, { hash: info.narHash, size: info.narSize }, { size: size + chunk.length })
-        }
-        const inNar = tracker.feed(chunk)
-        if (inNar < chunk.length) throw new NarFormatError(`data after the end of the NAR of '${info.path}'`, size + inNar)
-        hasher.update(chunk)
-        size += chunk.length
-        await writeAll(stdin, chunk, exited)
+      for (const info of infos) {
+        current = info.path
+        const next = await source.next()
+        if (next.done === true) throw new NarOutOfOrder(info.path, undefined)
+        if (next.value.path !== info.path) throw new NarOutOfOrder(info.path, next.value.path)
+        // 1. The header and the NAR, checked as it streams; 2. its trailer, which has Nix
+        //    register the path: written only once the NAR matched.
+        await writeAll(stdin, exportHeader(), exited)
+        await this.writeNar(stdin, info, next.value.nar, exited, signal)
+        await writeAll(stdin, exportTrailer(info), exited)
       }
-      // 3. Compare before the trailer: Nix registers nothing until it has read the trailer.
-      const actual = new Hash(info.narHash.algorithm, hasher.digest())
-      if (size !== info.narSize || !actual.equals(info.narHash)) {
-        throw new NarHashMismatch(info.path, { hash: info.narHash, size: info.narSize }, { hash: actual, size })
-      }
-      if (!tracker.done) throw new NarFormatError(`the NAR of '${info.path}' ends before its last ")"`, size)
-      // 4. The trailer registers the path; then the end marker.
-      await writeAll(stdin, Buffer.concat([exportTrailer(info), exportEnd()]), exited)
+      current = undefined
+      const extra = await source.next()
+      if (extra.done !== true) throw new NarOutOfOrder(undefined, extra.value.path)
+      // 3. The end marker; Nix prints what it imported once it has read it.
+      await writeAll(stdin, exportEnd(), exited)
       stdin.end()
       const code = await exited
-      if (code !== 0) throw new NixCommandError('nix-store --import', code, stderr)
+      if (code !== 0) throw nixImportError(code, stderr)
       const imported = lines(Buffer.concat(stdout).toString('utf8'))
-      if (!imported.includes(info.path)) {
-        throw new NixCommandError('nix-store --import', code, `imported ${imported.join(', ')} instead of ${info.path}\n${stderr}`)
+      const expected = infos.map(i => i.path)
+      if (imported.length !== expected.length || expected.some(p => !imported.includes(p))) {
+        throw new NixCommandError('nix-store --import', code, `imported ${imported.join(', ')} instead of ${expected.join(', ')}\n${stderr}`)
       }
-      return { imported: true }
+      return { imported }
     } catch (err) {
-      if (exitCode == null) child.kill('SIGKILL')
+      stop()
       const code = await exited
-      if (signal?.aborted === true) throw new OperationAborted(`import of '${info.path}'`, signal.reason)
-      if (err instanceof NixExited) throw new NixCommandError('nix-store --import', code, stderr)
+      await source.return?.()
+      if (isAborted(signal)) throw new OperationAborted(`import of '${current ?? infos[0]?.path ?? ''}'`, signal?.reason)
+      if (err instanceof NixExited) throw nixImportError(code, stderr)
       throw err
     } finally {
-      signal?.removeEventListener('abort', onAbort)
+      signal?.removeEventListener('abort', stop)
+      if (killTimer != null) clearTimeout(killTimer)
     }
   }
 
-  /** Output name to path for a built derivation, from `nix show-derivation`. */
-  private async outputsOf (drvPath: string, printed: string[], options: WaitOptions): Promise<Record<string, string>> {
-    const out = await this.run('nix', ['show-derivation', drvPath], options)
-    const drv = (JSON.parse(out) as Record<string, { outputs: Record<string, { path?: string }> }>)[drvPath]
-    const outputs: Record<string, string> = {}
-    for (const [name, o] of Object.entries(drv?.outputs ?? {})) {
-      if (o.path != null) outputs[name] = o.path
+  /** Writes one NAR to nix-store's stdin: hashed, counted, and framed so that not one byte past its end or past narSize reaches Nix. */
+  private async writeNar (stdin: Writable, info: ImportInfo, nar: AsyncIterable<Uint8Array>, exited: Promise<number>, signal: AbortSignal | undefined): Promise<void> {
+    const hasher = createHash(info.narHash.algorithm)
+    const tracker = new NarEndTracker()
+    let size = 0
+    for await (const chunk of nar) {
+      signal?.throwIfAborted()
+      if (size + chunk.length > info.narSize) {
+        throw new NarHashMismatch(info.path, { hash: info.narHash, size: info.narSize }, { size: size + chunk.length })
+      }
+      const inNar = tracker.feed(chunk)
+      if (inNar < chunk.length) throw new NarFormatError(`data after the end of the NAR of '${info.path}'`, size + inNar)
+      hasher.update(chunk)
+      size += chunk.length
+      await writeAll(stdin, chunk, exited)
     }
+    // Compare before the trailer: Nix registers nothing until it has read the trailer.
+    const actual = new Hash(info.narHash.algorithm, hasher.digest())
+    if (size !== info.narSize || !actual.equals(info.narHash)) {
+      throw new NarHashMismatch(info.path, { hash: info.narHash, size: info.narSize }, { hash: actual, size })
+    }
+    if (!tracker.done) throw new NarFormatError(`the NAR of '${info.path}' ends before its last ")"`, size)
+  }
+
+  /** Output name to path for a built derivation, read from the .drv (one process fewer than `nix show-derivation`). */
+  private async outputsOf (drvPath: string, printed: string[], options: WaitOptions): Promise<Record<string, string>> {
+    const drv = await readDerivation(drvPath, options.signal != null ? { signal: options.signal } : {})
+    const outputs = Object.fromEntries(outputPaths(drv))
     // Floating content-addressed outputs have no path in the .drv; nix-store printed them all.
     const known = new Set(Object.values(outputs))
     if (Object.keys(outputs).length === 0 || printed.some(p => !known.has(p))) {
@@ -288,6 +351,10 @@ export class CliStore implements StoreBackend {
     for (const p of paths) if (!this.pathPattern.test(p)) throw new InvalidStorePath(p, this.storeDir)
   }
 
+  private checkInfo (info: ImportInfo): void {
+    this.checkPaths([info.path, ...info.references, ...(info.deriver != null ? [info.deriver] : [])])
+  }
+
   private checkDrv (drvPath: string): void {
     if (!this.pathPattern.test(drvPath) || !drvPath.endsWith('.drv')) throw new InvalidStorePath(drvPath, this.storeDir)
   }
@@ -305,6 +372,51 @@ function parsePathInfo (e: PathInfoJson): PathInfo {
   if (e.deriver != null && e.deriver !== '') info.deriver = e.deriver
   if (e.ca != null && e.ca !== '') info.ca = e.ca
   return info
+}
+
+/** Why nix-store --import failed: a reference it found invalid, or what it said. */
+function nixImportError (code: number, stderr: string): Error {
+  const invalid = /path '([^']+)' is not valid/.exec(stderr)
+  if (invalid?.[1] != null) return new PathNotValid(invalid[1])
+  return new NixCommandError('nix-store --import', code, stderr)
+}
+
+/** The registrations in an order where every path comes after the paths it references. */
+function referencesFirst (byPath: Map<string, PathInfo>): PathInfo[] {
+  const out: PathInfo[] = []
+  const state = new Map<string, 'visiting' | 'done'>()
+  // Iterative depth-first search: a closure can be deeper than the call stack.
+  for (const root of [...byPath.keys()].sort()) {
+    if (state.has(root)) continue
+    const stack: Array<{ path: string, refs: string[], i: number }> = []
+    const push = (p: string): void => {
+      state.set(p, 'visiting')
+      stack.push({ path: p, refs: (byPath.get(p)?.references ?? []).filter(r => r !== p && byPath.has(r)), i: 0 })
+    }
+    push(root)
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1] as { path: string, refs: string[], i: number }
+      const ref = top.refs[top.i++]
+      if (ref === undefined) {
+        stack.pop()
+        state.set(top.path, 'done')
+        out.push(byPath.get(top.path) as PathInfo)
+      } else if (!state.has(ref)) {
+        push(ref)
+      }
+      // A reference cycle (Nix forbids them) would be cut here rather than loop.
+    }
+  }
+  return out
+}
+
+// A function, so that TypeScript does not narrow `signal.aborted` across awaits.
+function isAborted (signal: AbortSignal | undefined): boolean {
+  return signal?.aborted === true
+}
+
+async function * single<T> (item: T): AsyncGenerator<T> {
+  yield item
 }
 
 /** nix-store exited while we were still writing to it. */

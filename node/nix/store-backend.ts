@@ -53,6 +53,22 @@ export interface ImportResult {
   imported: boolean
 }
 
+/** One NAR of a batch: the path it claims to be, and its bytes. */
+export interface NarEntry {
+  path: string
+  nar: AsyncIterable<Uint8Array>
+}
+
+export interface ImportBatchResult {
+  /** The paths Nix registered (or found valid already), in the order imported. */
+  imported: string[]
+}
+
+export interface ExportOptions extends WaitOptions {
+  /** The caller has just seen the path valid (in a path-info query): skip the validity check. */
+  knownValid?: boolean
+}
+
 export interface StoreBackend {
   /** Which of `paths` are valid, in one store query. */
   isValid: (paths: string[], options?: WaitOptions) => Promise<Set<string>>
@@ -66,10 +82,26 @@ export interface StoreBackend {
   drvClosure: (drvPath: string, options?: WaitOptions) => Promise<DrvClosure>
   /** Builds a derivation; throws a BuildFailure subclass when Nix reports one. */
   realise: (drvPath: string, options?: RealiseOptions) => Promise<RealiseResult>
+  /**
+   * Registrations of the closure of `roots` (a .drv root means the .drv itself), each after the
+   * paths it references; `missing` lists the roots that are not valid (their closures are left out).
+   */
+  closureInfos: (roots: string[], options?: WaitOptions) => Promise<{ infos: PathInfo[], missing: string[] }>
   /** The path's NAR, streamed as Nix produces it; stop iterating to cancel. */
-  exportNar: (path: string, options?: WaitOptions) => AsyncIterable<Uint8Array>
+  exportNar: (path: string, options?: ExportOptions) => AsyncIterable<Uint8Array>
   /** Streams a NAR into the store, checking it against `info` before Nix registers it. */
   importNar: (info: ImportInfo, nar: AsyncIterable<Uint8Array>, options?: WaitOptions) => Promise<ImportResult>
+  /**
+   * Imports the NARs `nars` yields, one per entry of `infos` and in that order, in one go. Each
+   * NAR is checked against its info before Nix registers it. Each path's references must be valid
+   * already or come earlier in `infos`; paths valid already should be left out (their NARs would
+   * be read only to be ignored).
+   *
+   * On an error at entry k (a NAR that does not match, a source that fails, an abort), entries
+   * before k are registered, entry k and those after are not: Nix registers each path as soon as
+   * it has read its trailer, and the trailer of entry k is never written.
+   */
+  importNars: (infos: ImportInfo[], nars: AsyncIterable<NarEntry>, options?: WaitOptions) => Promise<ImportBatchResult>
   /** Adds signatures to a valid path's registration; absent where the backend cannot. */
   addSignatures?: (path: string, signatures: string[], options?: WaitOptions) => Promise<void>
 }
@@ -114,6 +146,20 @@ export class NarHashMismatch extends Error {
     this.expectedSize = expected.size
     if (actual.hash != null) this.actualHash = actual.hash
     this.actualSize = actual.size
+  }
+}
+
+/** A batch's NAR source yielded another path, or fewer or more NARs, than the batch announced. */
+export class NarOutOfOrder extends Error {
+  override name = 'NarOutOfOrder'
+  readonly expected: string | undefined
+  readonly got: string | undefined
+  constructor (expected: string | undefined, got: string | undefined) {
+    super(expected === undefined
+      ? `a NAR of '${got ?? '?'}' came after the last one announced`
+      : got === undefined ? `the NAR of '${expected}' never came` : `expected the NAR of '${expected}', got '${got}'`)
+    this.expected = expected
+    this.got = got
   }
 }
 

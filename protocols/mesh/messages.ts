@@ -103,7 +103,9 @@ export const validateResultAck = validator('result ack', obj({ accepted: bool })
 
 export const validatePathInfoRequest = validator('path-info request', obj({
   /** The closure of these paths is described. */
-  roots: arr(storePath, MAX_LIST_ITEMS)
+  roots: arr(storePath, MAX_LIST_ITEMS),
+  /** Describe also the outputs of the input derivations of every .drv root (and their closures). */
+  withInputs: optional(bool)
 }))
 
 export const checkPathInfo = obj({
@@ -120,8 +122,10 @@ export type PathInfoMessage = ReturnType<typeof checkPathInfo>
 export const validatePathInfoReply = validator('path-info reply', obj({
   /** Closure of the roots, each path after every path it references. */
   infos: arr(checkPathInfo, MAX_LIST_ITEMS),
-  /** Roots this peer does not have. */
-  missing: arr(storePath, MAX_LIST_ITEMS)
+  /** Roots (and, with withInputs, input outputs) this peer does not have. */
+  missing: arr(storePath, MAX_LIST_ITEMS),
+  /** With withInputs: the input outputs added to the roots, present or missing. */
+  inputs: optional(arr(storePath, MAX_LIST_ITEMS))
 }))
 export type PathInfoReply = ReturnType<typeof validatePathInfoReply>
 

@@ -11,7 +11,7 @@ import { CliStore } from '../../node/nix/cli-store.ts'
 import { exec } from '../../node/nix/exec.ts'
 import { exportTrailer } from '../../node/nix/nix-export-format.ts'
 import {
-  BuildFailure, buildFailureFor, BuildTimedOut, NarHashMismatch, PermanentBuildFailure, type ImportInfo
+  BuildFailure, buildFailureFor, BuildTimedOut, NarHashMismatch, PermanentBuildFailure, type ImportInfo, type NarEntry
 } from '../../node/nix/store-backend.ts'
 import { instantiate, nix, shDrv, tempDir } from '../helpers/nix.ts'
 
@@ -292,5 +292,158 @@ describe('CliStore NAR export and import', { timeout: TEST_TIMEOUT }, () => {
       assert.equal(pulled, 0)
       assert.equal((await gen.next()).done, true, 'the source was closed')
     })
+  })
+})
+
+describe('CliStore closureInfos', { timeout: TEST_TIMEOUT }, () => {
+  it('describes the closure of .drv and output roots together, references first, and names the missing roots', async () => {
+    const { outputs } = await store.realise(drv.c)
+    const cOut = outputs.out ?? ''
+    const missing = `/nix/store/${'6'.repeat(32)}-missing-${tag}`
+    const { infos, missing: absent } = await store.closureInfos([drv.c, cOut, missing])
+    assert.deepEqual(absent, [missing])
+    const expected = (await nix('nix-store', '--query', '--requisites', drv.c, cOut)).trim().split('\n')
+    assert.deepEqual(infos.map(i => i.path).sort(), [...expected].sort())
+    const seen = new Set<string>()
+    for (const info of infos) {
+      for (const r of info.references) if (r !== info.path) assert.ok(seen.has(r), `${info.path} comes before its reference ${r}`)
+      seen.add(info.path)
+    }
+    // The same registrations queryPathInfos gives, path by path.
+    const one = await store.queryPathInfos(expected)
+    for (const info of infos) assert.deepEqual(info, one.get(info.path))
+  })
+})
+
+describe('CliStore batch import (importNars)', { timeout: TEST_TIMEOUT }, () => {
+  // x ← y (y references x), and z on its own: built, dumped, then deleted, fresh for each case.
+  async function freshBatch (): Promise<{ x: ImportInfo, y: ImportInfo, z: ImportInfo, nar: Map<string, Buffer> }> {
+    const t = randomBytes(6).toString('hex')
+    const dir = await tempDir()
+    try {
+      const [dx, dy, dz] = await instantiate(`let x = ${shDrv(`bx-${t}`, `echo x-${t} > $out`)}; in {
+        inherit x; y = ${shDrv(`by-${t}`, `echo \${x} > $out`)}; z = ${shDrv(`bz-${t}`, `echo z-${t} > $out`)}; }`, dir.dir, ['x', 'y', 'z'])
+      // One after the other: a nix-store that finds x locked by another waits 5 s (Nix's poll interval).
+      const paths: string[] = []
+      for (const d of [dx, dy, dz]) paths.push((await store.realise(d ?? '')).outputs.out ?? '')
+      const infos = await store.queryPathInfos(paths)
+      const nar = new Map<string, Buffer>()
+      for (const p of paths) nar.set(p, await dump(p))
+      await nix('nix-store', '--delete', ...paths)
+      assert.equal((await store.isValid(paths)).size, 0)
+      const [x, y, z] = paths.map(p => {
+        const i = infos.get(p)
+        assert.ok(i !== undefined)
+        return { path: i.path, narHash: i.narHash, narSize: i.narSize, references: i.references, ...(i.deriver !== undefined ? { deriver: i.deriver } : {}) }
+      })
+      assert.ok(x !== undefined && y !== undefined && z !== undefined)
+      assert.deepEqual(y.references, [x.path])
+      return { x, y, z, nar }
+    } finally {
+      await dir.cleanup()
+    }
+  }
+
+  async function * entries (list: Array<[string, Uint8Array]>): AsyncGenerator<NarEntry> {
+    for (const [path, bytes] of list) yield { path, nar: chunks(bytes, 64) }
+  }
+
+  async function validOf (...paths: string[]): Promise<boolean[]> {
+    const valid = await store.isValid(paths)
+    return paths.map(p => valid.has(p))
+  }
+
+  function flip (nar: Buffer, text: string): Buffer {
+    const out = Buffer.from(nar)
+    const at = out.indexOf(text)
+    assert.ok(at > 0)
+    out[at] = (out[at] ?? 0) ^ 0x01
+    return out
+  }
+
+  it('imports a whole closure in one go, each path with its registration', async () => {
+    const { x, y, z, nar } = await freshBatch()
+    const get = (p: string): Buffer => nar.get(p) ?? Buffer.alloc(0)
+    const r = await store.importNars([x, y, z], entries([[x.path, get(x.path)], [y.path, get(y.path)], [z.path, get(z.path)]]))
+    assert.deepEqual(r.imported, [x.path, y.path, z.path])
+    for (const p of [x, y, z]) {
+      const rr = await exec('nix-store', ['--verify-path', p.path])
+      assert.equal(rr.code, 0, rr.stderr)
+      const after = await store.queryPathInfo(p.path)
+      assert.ok(after?.narHash.equals(p.narHash))
+      assert.deepEqual(after?.references, p.references)
+      assert.equal(after?.deriver, p.deriver)
+    }
+  })
+
+  // [case, how to make the batch, the error, which of x, y, z end up valid]
+  type Fresh = Awaited<ReturnType<typeof freshBatch>>
+  const failures: Array<[string, (f: Fresh) => [ImportInfo[], Array<[string, Uint8Array]>], string, [boolean, boolean, boolean]]> = [
+    ['a corrupted NAR in the middle: the paths before it are registered, it and those after are not',
+      ({ x, y, z, nar }) => [[x, z, y], [[x.path, nar.get(x.path) as Buffer], [z.path, flip(nar.get(z.path) as Buffer, 'z-')], [y.path, nar.get(y.path) as Buffer]]],
+      'NarHashMismatch', [true, false, false]],
+    ['a trailer smuggled inside the middle NAR',
+      ({ x, y, z, nar }) => {
+        const smuggled = Buffer.concat([nar.get(z.path) as Buffer, exportTrailer({ path: z.path, references: [] })])
+        return [[x, { ...z, narSize: smuggled.length, narHash: Hash.of('sha256', smuggled) }, y], [[x.path, nar.get(x.path) as Buffer], [z.path, smuggled], [y.path, nar.get(y.path) as Buffer]]]
+      },
+      'NarFormatError', [true, false, false]],
+    ['a NAR cut short in the middle',
+      ({ x, y, z, nar }) => [[x, z, y], [[x.path, nar.get(x.path) as Buffer], [z.path, (nar.get(z.path) as Buffer).subarray(0, 40)], [y.path, nar.get(y.path) as Buffer]]],
+      'NarHashMismatch', [true, false, false]],
+    ['a source that sends another path than announced',
+      ({ x, y, z, nar }) => [[x, z, y], [[x.path, nar.get(x.path) as Buffer], [y.path, nar.get(y.path) as Buffer], [z.path, nar.get(z.path) as Buffer]]],
+      'NarOutOfOrder', [true, false, false]],
+    ['a source that ends early',
+      ({ x, y, z, nar }) => [[x, z, y], [[x.path, nar.get(x.path) as Buffer]]],
+      'NarOutOfOrder', [true, false, false]],
+    ['a source with one NAR too many: nothing more is registered, the earlier paths are',
+      ({ x, y, z, nar }) => [[x, z], [[x.path, nar.get(x.path) as Buffer], [z.path, nar.get(z.path) as Buffer], [y.path, nar.get(y.path) as Buffer]]],
+      'NarOutOfOrder', [true, false, true]],
+    ['a path whose reference is neither valid nor earlier in the batch (Nix refuses it)',
+      ({ x, y, z, nar }) => [[z, y, x], [[z.path, nar.get(z.path) as Buffer], [y.path, nar.get(y.path) as Buffer], [x.path, nar.get(x.path) as Buffer]]],
+      'PathNotValid', [false, false, true]]
+  ]
+  for (const [what, make, name, validAfter] of failures) {
+    it(`refuses ${what}`, async () => {
+      const fresh = await freshBatch()
+      const [infos, list] = make(fresh)
+      const err = await store.importNars(infos, entries(list)).then(() => null, (e: unknown) => e)
+      assert.ok(err instanceof Error, 'the batch was accepted')
+      assert.equal(err.name, name, err.message)
+      assert.deepEqual(await validOf(fresh.x.path, fresh.y.path, fresh.z.path), validAfter)
+      for (const [p, valid] of [[fresh.x.path, validAfter[0]], [fresh.y.path, validAfter[1]], [fresh.z.path, validAfter[2]]] as const) {
+        if (valid) {
+          const r = await exec('nix-store', ['--verify-path', p])
+          assert.equal(r.code, 0, r.stderr)
+        }
+      }
+    })
+  }
+
+  it('stops on abort; the paths before are registered, the one streaming is not', async () => {
+    const { x, y, nar } = await freshBatch()
+    const controller = new AbortController()
+    async function * source (): AsyncGenerator<NarEntry> {
+      yield { path: x.path, nar: chunks(nar.get(x.path) as Buffer, 64) }
+      yield {
+        path: y.path,
+        nar: (async function * () {
+          yield (nar.get(y.path) as Buffer).subarray(0, 16)
+          controller.abort(new Error('enough'))
+          yield (nar.get(y.path) as Buffer).subarray(16)
+        })()
+      }
+    }
+    await assert.rejects(store.importNars([x, y], source(), { signal: controller.signal }), { name: 'AbortError' })
+    assert.deepEqual(await validOf(x.path, y.path), [true, false])
+  })
+
+  it('a path valid already is read and ignored by Nix, the rest imported', async () => {
+    const { x, y, z, nar } = await freshBatch()
+    await store.importNar(x, chunks(nar.get(x.path) as Buffer, 100))
+    const r = await store.importNars([x, y, z], entries([[x.path, nar.get(x.path) as Buffer], [y.path, nar.get(y.path) as Buffer], [z.path, nar.get(z.path) as Buffer]]))
+    assert.deepEqual(r.imported, [x.path, y.path, z.path])
+    assert.deepEqual(await validOf(x.path, y.path, z.path), [true, true, true])
   })
 })
