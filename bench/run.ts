@@ -8,7 +8,8 @@ interface BenchModule { run: () => Promise<BenchRow[]> }
 const benches: Array<{ name: string, load: () => Promise<BenchModule> }> = [
   { name: 'nar', load: async () => await import('./nar.ts') },
   { name: 'cache', load: async () => await import('./cache.ts') },
-  { name: 'mesh', load: async () => await import('./mesh.ts') }
+  { name: 'mesh', load: async () => await import('./mesh.ts') },
+  { name: 'signer', load: async () => await import('./signer.ts') }
 ]
 
 const only = process.argv.slice(2)
