@@ -9,6 +9,7 @@
 // a Python standard library: binary and text), ~162 MiB of NAR. Median of RUNS runs.
 // With BENCH_CACHE_LEVELS=1, rows follow for each level of each method alone: the NAR file piped
 // through compressor() into a byte counter, single-threaded (what the Compression decision used).
+import { cacheNarinfo } from '../node/signer/signer.ts'
 import { spawn } from 'node:child_process'
 import { createReadStream, existsSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
@@ -20,9 +21,7 @@ import { startCacheServer } from '../node/cache/cache-server.ts'
 import { compressor, type CompressionName } from '../node/cache/compression.ts'
 import { execText } from '../node/nix/exec.ts'
 import { nixEnv } from '../node/nix/nix-config.ts'
-import { Hash } from '../protocols/nix/hash.ts'
 import type { NarInfo } from '../protocols/nix/narinfo.ts'
-import { signNarinfo } from '../protocols/nix/signature.ts'
 import { formatPublicKey, generateKeyPair } from '../protocols/nix/signing-key.ts'
 import type { BenchRow } from './run.ts'
 
@@ -86,16 +85,7 @@ export async function run (): Promise<BenchRow[]> {
     const narFile = join(base, 'payload.nar')
     await timed(`nix-store --dump ${q(path)} > ${q(narFile)}`)
     const key = generateKeyPair('meshbuild-bench-cache-1')
-    const info: NarInfo = signNarinfo({
-      storePath: path,
-      url: '',
-      compression: 'none',
-      narHash: Hash.parse(pi.narHash),
-      narSize: pi.narSize,
-      references: pi.references.map(r => r.slice('/nix/store/'.length)),
-      sigs: [],
-      ...(pi.ca !== undefined ? { ca: pi.ca } : {})
-    }, key.secretKey)
+    const info: NarInfo = cacheNarinfo({ ...pi, path }, key.secretKey)
     const narMiB = pi.narSize / MiB
     process.stderr.write(`cache bench: ${path}, NAR ${narMiB.toFixed(0)} MiB; store roots in ${rootsIn}; ${RUNS} runs each\n`)
 

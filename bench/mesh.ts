@@ -476,8 +476,6 @@ function stealRows (runs: StealRun[]): BenchRow[] {
 
 function overheadRows (mesh: MeshRun[], local: number[]): BenchRow[] {
   const ratios = mesh.map((m, i) => m.seconds / (local[i] ?? NaN))
-  const meshMedian = median(mesh.map(m => m.seconds))
-  const localMedian = median(local)
   const row = (measure: string, xs: number[], ratio?: number): BenchRow => ({
     bench: `DAG of ${DAG_SIZE}`,
     measure,

@@ -18,6 +18,7 @@
 //    same disk as S's cache (compression, hashing, fsync, LevelDB), no network, no worker;
 // and W's per-path store commands timed alone in W's host (what the nar protocol runs per path).
 // BENCH_SIGNER_SMALL, BENCH_SIGNER_BIG_MIB size the sets; BENCH_SIGNER_LOGS=DIR keeps node logs.
+import { cacheNarinfo } from '../node/signer/signer.ts'
 import { randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises'
@@ -35,8 +36,6 @@ import { BinaryCache } from '../node/cache/binary-cache.ts'
 import type { CompressionName } from '../node/cache/compression.ts'
 import { createLogger } from '../node/log.ts'
 import { DEFAULT_MESH_SECRET } from '../protocols/mesh/constants.ts'
-import { Hash } from '../protocols/nix/hash.ts'
-import { signNarinfo } from '../protocols/nix/signature.ts'
 import { generateKeyPair } from '../protocols/nix/signing-key.ts'
 import type { SubmissionReport } from '../node/mesh/reports.ts'
 import type { BenchRow } from './run.ts'
@@ -263,16 +262,7 @@ async function cacheAlone (net: TestNetwork, w: TestHost, set: OutputSet, compre
   try {
     const started = performance.now()
     for (const pi of set.infos) {
-      const info = signNarinfo({
-        storePath: pi.path,
-        url: '',
-        compression: 'none',
-        narHash: Hash.parse(pi.narHash),
-        narSize: pi.narSize,
-        references: pi.references.map(r => r.slice('/nix/store/'.length)),
-        sigs: [],
-        ...(pi.ca !== undefined ? { ca: pi.ca } : {})
-      }, key.secretKey)
+      const info = cacheNarinfo(pi, key.secretKey)
       await cache.add(info, createReadStream(file(pi.path), { highWaterMark: MiB }))
     }
     return (performance.now() - started) / 1000

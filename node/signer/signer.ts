@@ -153,18 +153,7 @@ export class Signer {
   }
 
   private cacheNarinfo (info: PathInfoMessage): NarInfo {
-    const narinfo: NarInfo = {
-      storePath: info.path,
-      url: '',
-      compression: 'none',
-      narHash: Hash.parse(info.narHash),
-      narSize: info.narSize,
-      references: info.references.map(r => storePathBaseName(r)),
-      ...(info.deriver !== undefined ? { deriver: storePathBaseName(info.deriver) } : {}),
-      sigs: [],
-      ...(info.ca !== undefined ? { ca: info.ca } : {})
-    }
-    return signNarinfo(narinfo, this.init.cacheKey)
+    return cacheNarinfo(info, this.init.cacheKey)
   }
 
   private note (r: Rejection): void {
@@ -177,4 +166,22 @@ export class Signer {
   publicCacheKey (): string {
     return formatPublicKey(publicKeyOf(this.init.cacheKey))
   }
+}
+
+/**
+ * The narinfo the cache publishes for a path, signed with the cache key; the cache fills in URL,
+ * Compression, FileHash and FileSize when it stores the NAR.
+ */
+export function cacheNarinfo (info: Pick<PathInfoMessage, 'path' | 'narHash' | 'narSize' | 'references' | 'deriver' | 'ca'>, cacheKey: SecretKey): NarInfo {
+  return signNarinfo({
+    storePath: info.path,
+    url: '',
+    compression: 'none',
+    narHash: Hash.parse(info.narHash),
+    narSize: info.narSize,
+    references: info.references.map(r => storePathBaseName(r)),
+    ...(info.deriver !== undefined ? { deriver: storePathBaseName(info.deriver) } : {}),
+    sigs: [],
+    ...(info.ca !== undefined ? { ca: info.ca } : {})
+  }, cacheKey)
 }
