@@ -261,7 +261,7 @@ export class MeshNode {
 
   /** The mesh's signer: this node, or the first peer whose beacon says it signs. */
   private signerPeer (): { peerId: string, signer: NonNullable<Beacon['signer']> } | undefined {
-    const self = this.beacon().signer
+    const self = this.selfSigner()
     if (self !== undefined) return { peerId: this.peerId, signer: self }
     for (const p of this.peers.list()) if (p.beacon.signer !== undefined) return { peerId: p.peerId, signer: p.beacon.signer }
     return undefined
@@ -328,10 +328,10 @@ export class MeshNode {
     this.log.info(`submission ${id}: ${drvPaths.length} requested, ${spec.jobs.length} to build, ${spec.substituted.length} already available`)
     this.dispatch({ type: 'submit', submission: spec })
     const s = this.scheduler.submission(id)
-    if (s !== undefined) {
-      const record: SubmissionRecord = { ...s, ...(this.records.get(id)?.finished !== undefined ? { finished: this.records.get(id)?.finished } : {}) }
-      this.records.set(id, record)
-      this.db.putSubmission(record)
+    // A submission with nothing to build has finished already and been recorded as such.
+    if (s !== undefined && !this.records.has(id)) {
+      this.records.set(id, s)
+      this.db.putSubmission(s)
     }
     await this.db.flush()
     return id
@@ -359,7 +359,7 @@ export class MeshNode {
       peers: this.peers.list().map(p => ({
         peerId: p.peerId,
         ...this.statusFields(p.beacon),
-        addresses: this.network.peerAddresses(p.peerId).length > 0 ? this.network.peerAddresses(p.peerId) : p.beacon.addresses,
+        addresses: nonEmpty(this.network.peerAddresses(p.peerId)) ?? p.beacon.addresses,
         lastSeen: new Date(p.lastSeen).toISOString()
       })),
       submissions: this.scheduler.submissionIds().map(id => {
@@ -446,7 +446,6 @@ export class MeshNode {
       this.dispatch({ type: 'peer-lost', peerId: gone })
     }
     this.dispatch({ type: 'tick' })
-    if (this.beaconDue) void this.publishBeacon()
   }
 
   private peerChanged (peerId: string): void {
@@ -572,6 +571,7 @@ export class MeshNode {
   private beacon (): Beacon {
     const caps = this.options.capabilities
     const running = this.scheduler.runningItems()
+    const signer = this.selfSigner()
     return {
       v: 1,
       seq: this.beaconSeq,
@@ -588,21 +588,15 @@ export class MeshNode {
       building: running.map(i => i.drvPath).slice(0, 64),
       addresses: this.network.addresses().slice(0, 32),
       signingKey: formatPublicKey(this.nodeKey.public),
-      ...(this.signer !== undefined && this.cache !== undefined
-        ? {
-            signer: {
-              cacheKey: this.signer.publicCacheKey(),
-              cacheUrls: this.cacheUrls(),
-              ...this.cacheCounters()
-            }
-          }
-        : {})
+      ...(signer !== undefined ? { signer } : {})
     }
   }
 
-  private cacheCounters (): { paths: number, narBytes: number, hits: number, misses: number } {
-    const st = this.cache?.stats()
-    return { paths: st?.paths ?? 0, narBytes: st?.narBytes ?? 0, hits: st?.hits ?? 0, misses: st?.misses ?? 0 }
+  /** This node's signer fields for its beacon, when it is the signer. */
+  private selfSigner (): Beacon['signer'] {
+    if (this.signer === undefined || this.cache === undefined) return undefined
+    const { paths, narBytes, hits, misses } = this.cache.stats()
+    return { cacheKey: this.signer.publicCacheKey(), cacheUrls: this.cacheUrls(), paths, narBytes, hits, misses }
   }
 
   /** URLs peers can reach the HTTP cache at: the listen host, or every address libp2p listens on. */
@@ -662,4 +656,8 @@ function hashSeed (s: string): number {
   let h = 2166136261
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619)
   return h >>> 0
+}
+
+function nonEmpty<T> (xs: T[]): T[] | undefined {
+  return xs.length > 0 ? xs : undefined
 }
