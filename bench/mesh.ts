@@ -21,6 +21,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { TestNetwork, type HostExecResult, type TestHost } from '../test/helpers/test-hosts.ts'
 import { within } from '../test/helpers/wait.ts'
+import { meshSecretFile } from '../test/helpers/mesh-hosts.ts'
 import type { StatusReport, SubmissionReport } from '../node/mesh/reports.ts'
 import type { BenchRow } from './run.ts'
 
@@ -105,7 +106,9 @@ class MeshBench {
     this.#logs.push(log)
     const spawnedAt = Date.now()
     const child = host.spawn(process.execPath, [
-      this.cli, 'join', '--data-dir', dataDir, '--listen', `/ip4/${host.address}/tcp/0`, '--log-level', 'debug', ...args
+      this.cli, 'join', '--data-dir', dataDir, '--listen', `/ip4/${host.address}/tcp/0`, '--log-level', 'debug',
+      // Every bench node shares one secret: with none, each would make its own and mesh with nobody.
+      '--mesh-secret-file', await meshSecretFile(this.net), ...args
     ])
     const lines: LogLine[] = []
     let partial = ''

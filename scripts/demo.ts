@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { TestNetwork } from '../test/helpers/test-hosts.ts'
-import { MESHBUILD_BIN, instantiateIn, startNode, stopNode, waitForMesh, type MeshNodeHandle } from '../test/helpers/mesh-hosts.ts'
+import { MESHBUILD_BIN, instantiateIn, meshSecretFile, startNode, stopNode, waitForMesh, type MeshNodeHandle } from '../test/helpers/mesh-hosts.ts'
 import { readFile } from 'node:fs/promises'
 
 const HOSTS = 3
@@ -20,7 +20,10 @@ async function main (): Promise<void> {
   const net = await TestNetwork.create({ hosts: HOSTS })
   const nodes: MeshNodeHandle[] = []
   try {
-    say('starting `meshbuild join` on each (2 build slots each); they find each other by mDNS')
+    // Membership is closed: the hosts mesh because they share one secret file, made here.
+    const secret = await meshSecretFile(net)
+    say(`made a mesh secret file shared by the hosts (as meshbuild key generate-mesh-secret does): ${secret}`)
+    say('starting `meshbuild join --mesh-secret-file …` on each (2 build slots each); they find each other by mDNS')
     for (let i = 0; i < HOSTS; i++) nodes.push(await startNode(net, net.host(i), { args: ['--max-jobs', '2'] }))
     await waitForMesh(nodes)
     for (const n of nodes) console.log(`  ${n.host.name} ${n.host.address}  peer ${n.peerId}`)

@@ -16,7 +16,9 @@ export async function main (argv: string[]): Promise<number> {
     const e = err as Error & { exitCode?: unknown }
     if (e.message !== '') process.stderr.write(`meshbuild: ${e.message}\n`)
     if (process.env.MESHBUILD_DEBUG != null) process.stderr.write(`${e.stack ?? ''}\n`)
-    return typeof e.exitCode === 'number' ? e.exitCode : ExitCode.failure
+    if (typeof e.exitCode === 'number') return e.exitCode
+    // control-client.ts sits below the CLI and knows no exit codes; its errors are matched by name.
+    return e.name === 'NodeUnavailable' ? ExitCode.unavailable : ExitCode.failure
   }
 }
 

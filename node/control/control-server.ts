@@ -3,12 +3,17 @@ import { createServer, type Server, type Socket } from 'node:net'
 import { chmod, rm } from 'node:fs/promises'
 import { createInterface } from 'node:readline'
 import type { MeshNode } from '../mesh/mesh-node.ts'
-import type { ControlReply, ControlRequest } from './control-protocol.ts'
+import { BadRequest, validateControlRequest, type ControlReply } from './control-protocol.ts'
 import type { Logger } from '../log.ts'
 
 const MAX_REQUEST_BYTES = 16 * 1024 * 1024
+/** A client that has not sent its request line by then is dropped: it holds a socket for nothing. */
+const REQUEST_TIMEOUT_MS = 30_000
 
-export async function startControlServer (node: MeshNode, socketPath: string, log: Logger): Promise<Server> {
+/** What the control server needs of a node (tests serve a stub). */
+export type ControlledNode = Pick<MeshNode, 'submit' | 'status' | 'submissionReport' | 'watch'>
+
+export async function startControlServer (node: ControlledNode, socketPath: string, log: Logger): Promise<Server> {
   await rm(socketPath, { force: true })
   const server = createServer((socket) => { handle(node, socket, log) })
   await new Promise<void>((resolve, reject) => {
@@ -23,35 +28,43 @@ function send (socket: Socket, reply: ControlReply): void {
   if (!socket.destroyed) socket.write(`${JSON.stringify(reply)}\n`)
 }
 
-function handle (node: MeshNode, socket: Socket, log: Logger): void {
+function handle (node: ControlledNode, socket: Socket, log: Logger): void {
   socket.on('error', () => {})
   const lines = createInterface({ input: socket, crlfDelay: Infinity })
   let handled = false
   let size = 0
+  const waiting = setTimeout(() => { socket.destroy() }, REQUEST_TIMEOUT_MS)
+  socket.on('close', () => { clearTimeout(waiting) })
   socket.on('data', (d: Buffer) => {
     size += d.byteLength
-    if (size > MAX_REQUEST_BYTES) socket.destroy()
+    // Only the request line counts: a watch connection stays open, but the client sends nothing more.
+    if (size > MAX_REQUEST_BYTES) {
+      send(socket, { ok: false, error: `request: more than ${MAX_REQUEST_BYTES} bytes`, errorName: 'BadRequest' })
+      socket.destroy()
+    }
   })
   lines.on('line', (line) => {
     if (handled) return
     handled = true
+    clearTimeout(waiting)
     void answer(node, socket, line).catch((err: unknown) => {
-      const e = err as Error
-      log.debug(`control request failed: ${e.message}`)
+      const e = err instanceof Error ? err : new Error(String(err))
+      log.debug(`control request failed: ${e.name}: ${e.message}`)
       send(socket, { ok: false, error: e.message, errorName: e.name })
       socket.end()
     })
   })
 }
 
-async function answer (node: MeshNode, socket: Socket, line: string): Promise<void> {
-  const req = JSON.parse(line) as ControlRequest
+async function answer (node: ControlledNode, socket: Socket, line: string): Promise<void> {
+  const req = validateControlRequest(line)
   switch (req.op) {
     case 'submit': {
       const id = await node.submit(req.drvPaths, {
         priority: req.priority,
         ...(req.timeout !== undefined ? { timeout: req.timeout } : {}),
-        ...(req.maxSilentTime !== undefined ? { maxSilentTime: req.maxSilentTime } : {})
+        ...(req.maxSilentTime !== undefined ? { maxSilentTime: req.maxSilentTime } : {}),
+        ...(req.checkReproducible === true ? { checkReproducible: true } : {})
       })
       send(socket, { ok: true, id })
       socket.end()
@@ -94,6 +107,6 @@ async function answer (node: MeshNode, socket: Socket, line: string): Promise<vo
       return
     }
     default:
-      throw Object.assign(new Error(`unknown control request ${JSON.stringify((req as { op?: unknown }).op)}`), { name: 'BadRequest' })
+      throw new BadRequest(`request.op: unknown ${JSON.stringify((req as { op?: unknown }).op)}`)
   }
 }

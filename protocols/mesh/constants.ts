@@ -20,8 +20,11 @@ export const MDNS_INTERVAL_MS = 2_000
 
 /** Label hashed with the mesh secret into the Noise prologue. */
 export const MESH_PROLOGUE_LABEL = 'meshbuild mesh v1\0'
-/** The secret of a mesh nobody configured: open to any meshbuild node on the LAN. */
-export const DEFAULT_MESH_SECRET = 'meshbuild-default-mesh'
+/**
+ * The public secret of `join --open`: any meshbuild node on the LAN started with --open shares it.
+ * (Nodes given no secret make their own; see docs/decisions.md.)
+ */
+export const OPEN_MESH_SECRET = 'meshbuild-default-mesh'
 
 export const BEACON_INTERVAL_MS = 2_000
 /** A peer not heard from for this long is forgotten. */
@@ -46,3 +49,44 @@ export const MAX_BUILDING_LISTED = 64
 export const SIGN_REPLY_TIMEOUT_MS = 30 * 60_000
 /** How often a node with outputs waiting for the signer offers them. */
 export const SIGN_QUEUE_INTERVAL_MS = 3_000
+
+/**
+ * Inbound stream limits per protocol: streams open at once on one connection (libp2p resets the
+ * rest) and a per-peer rate (GCRA: `burst` at once, then `perSecond`). A stream over the rate is
+ * aborted before anything is read. Set well above what an honest peer sends: a thief asks for
+ * work a few times a second at most, and a transfer opens one path-info and one nar stream (an
+ * owner importing a fast worker's trivial builds may open a few dozen a second). The stream
+ * count bounds the real cost (a nix-store --dump each); the rate bounds churn.
+ */
+export const INBOUND_LIMITS: Readonly<Record<string, { maxInboundStreams: number, perSecond: number, burst: number }>> = {
+  [PROTOCOL_STEAL]: { maxInboundStreams: 16, perSecond: 20, burst: 40 },
+  [PROTOCOL_LEASE]: { maxInboundStreams: 16, perSecond: 20, burst: 40 },
+  [PROTOCOL_RESULT]: { maxInboundStreams: 32, perSecond: 100, burst: 200 },
+  [PROTOCOL_PATH_INFO]: { maxInboundStreams: 32, perSecond: 100, burst: 200 },
+  [PROTOCOL_NAR]: { maxInboundStreams: 32, perSecond: 100, burst: 200 },
+  [PROTOCOL_SIGN]: { maxInboundStreams: 16, perSecond: 20, burst: 40 }
+}
+/** For a protocol not listed above. */
+export const DEFAULT_INBOUND_LIMIT = { maxInboundStreams: 32, perSecond: 50, burst: 100 }
+
+/** Penalties (node/mesh/penalty-box.ts): how long a misbehaving peer is cut off. */
+export const PENALTY_DURATION_MS = 10 * 60_000
+export const PENALTY_MAX_DURATION_MS = 6 * 60 * 60_000
+/** Malformed messages within the window that box a peer; one wrong NAR boxes at once. */
+export const PENALTY_STRIKES = 3
+export const PENALTY_STRIKE_WINDOW_MS = 60_000
+export const PENALTY_FORGET_AFTER_MS = 24 * 60 * 60_000
+export const PENALTY_MAX_PEERS = 1024
+
+/**
+ * gossipsub peer scoring, on our topics only: each rejected message counts (squared) against
+ * its sender, decaying by this factor every second; below the graylist threshold gossipsub
+ * ignores the peer altogether. The other score terms (mesh delivery rates, IP colocation) are
+ * off: a small LAN mesh is quiet and many test nodes share an address.
+ */
+export const GOSSIP_INVALID_MESSAGE_WEIGHT = -10
+export const GOSSIP_INVALID_MESSAGE_DECAY = 0.99
+export const GOSSIP_GRAYLIST_THRESHOLD = -80
+
+/** Signatures a path info may carry on the wire (messages.ts); a serving node adds its own first. */
+export const MAX_PATH_SIGNATURES = 16

@@ -1,5 +1,6 @@
 // Runs real meshbuild nodes inside test hosts (test-hosts.ts) and drives them with the real CLI.
 import { createWriteStream } from 'node:fs'
+import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
@@ -23,6 +24,36 @@ export interface StartNodeOptions {
   args?: string[]
   /** Reuse a data dir (restart); default: a fresh one per host. */
   dataDir?: string
+  /**
+   * The mesh secret file to pass as --mesh-secret-file; default: the network's shared one
+   * (meshSecretFile(net)), so every node of a TestNetwork meshes. `false` passes none (the node
+   * then makes its own, or uses --open if args say so). Ignored when args carry
+   * --mesh-secret-file or --open themselves.
+   */
+  secretFile?: string | false
+}
+
+const SHARED_SECRET_BYTES = 32
+const sharedSecrets = new WeakMap<TestNetwork, Promise<string>>()
+
+/** The mesh secret file shared by the nodes of `net` (<sharedDir>/mesh.secret, 0600), made on first use. */
+export async function meshSecretFile (net: TestNetwork): Promise<string> {
+  let made = sharedSecrets.get(net)
+  if (made === undefined) {
+    const file = join(net.sharedDir, 'mesh.secret')
+    made = writeFile(file, randomBytes(SHARED_SECRET_BYTES).toString('base64') + '\n', { mode: 0o600, flag: 'wx' })
+      .catch((err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err })
+      .then(() => file)
+    sharedSecrets.set(net, made)
+  }
+  return await made
+}
+
+async function secretArgs (net: TestNetwork, options: StartNodeOptions): Promise<string[]> {
+  const args = options.args ?? []
+  if (args.some(a => a === '--open' || a === '--mesh-secret-file' || a.startsWith('--mesh-secret-file='))) return []
+  if (options.secretFile === false) return []
+  return ['--mesh-secret-file', options.secretFile ?? await meshSecretFile(net)]
 }
 
 /** Starts `meshbuild join` in the host and waits until its control socket is up. */
@@ -35,7 +66,7 @@ export async function startNode (net: TestNetwork, host: TestHost, options: Star
   const logFile = join(logDir, `${host.name}.log`)
   const child = host.spawn(process.execPath, [
     MESHBUILD_BIN, 'join', '--data-dir', dataDir, '--listen', `/ip4/${host.address}/tcp/0`,
-    '--log-level', 'debug', '--lease-seconds', '6', ...(options.args ?? [])
+    '--log-level', 'debug', '--lease-seconds', '6', ...await secretArgs(net, options), ...(options.args ?? [])
   ])
   const log = createWriteStream(logFile, { flags: 'a' })
   child.stderr?.pipe(log)

@@ -2,7 +2,7 @@
 // line refuses the whole list, and the error names every bad line by number.
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { checkValid, DrvListError, parseDrvList, type DrvListProblem } from '../../node/cli/drv-list.ts'
+import { checkValid, DrvListError, MAX_PROBLEMS_SHOWN, parseDrvList, printable, type DrvListProblem } from '../../node/cli/drv-list.ts'
 
 const A = '/nix/store/0c1w7ci4bd2vnabzr1kmzwmq6ma6w5bm-a.drv'
 const B = '/nix/store/1xh2mx6wsnyhq8lygnxq3c5m6x5j8l8y-b-1.0.drv'
@@ -91,5 +91,50 @@ describe('checkValid', () => {
       assert.deepEqual(err.problems.map(p => p.line), [2, 4])
       return true
     })
+  })
+})
+
+describe('binary garbage in a drv list', () => {
+  // What a terminal acts on instead of showing: ESC (colours, clear screen, title setting), BEL,
+  // DEL, the one-byte CSI of C1, a bidi override, and the U+FFFD of bytes that were not UTF-8.
+  const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069\ufffd]/u
+  const garbage = Buffer.from([
+    ...Buffer.from('/nix/store/\x1b[31mred\x1b]0;owned\x07\x7f'), 0xc2, 0x9b, ...Buffer.from('\u202eevil.drv\n'),
+    0x00, 0x01, 0xff, 0xfe, 0x1b, ...Buffer.from('[2J\n'),
+    ...Buffer.from(`${A}\n`)
+  ]).toString('utf8')
+
+  it('never puts a control or non-printable character in the message, and keeps the line numbers', () => {
+    assert.throws(() => parseDrvList(garbage, 'list.bin'), (err: unknown) => {
+      assert.ok(err instanceof DrvListError)
+      assert.deepEqual(err.problems.map(p => p.line), [1, 2])
+      assert.doesNotMatch(err.message, UNSAFE)
+      const lines = err.message.split('\n')
+      assert.equal(lines.length, 2)
+      assert.match(lines[0] ?? '', /^list\.bin:1: not a store path .*\\x1b\[31mred\\x1b\]0;owned\\x07\\x7f\\x9b\\u202eevil\.drv/)
+      assert.match(lines[1] ?? '', /^list\.bin:2: not a store path .*\\x00\\x01\\ufffd\\ufffd\\x1b\[2J/)
+      // The raw problem stays available to callers, unescaped.
+      assert.match(err.problems[0]?.text ?? '', /\x1b\[31m/)
+      return true
+    })
+  })
+
+  it('cuts a huge line and lists a bounded number of problems', () => {
+    const text = `${'\x00'.repeat(1_000_000)}\n` + Array.from({ length: 100 }, () => 'junk\n').join('')
+    assert.throws(() => parseDrvList(text, 'big'), (err: unknown) => {
+      assert.ok(err instanceof DrvListError)
+      assert.equal(err.problems.length, 101)
+      assert.ok(err.message.length < 20_000, `message of ${err.message.length} characters`)
+      const lines = err.message.split('\n')
+      assert.equal(lines.length, MAX_PROBLEMS_SHOWN + 1)
+      assert.match(lines.at(-1) ?? '', /and 81 more bad line\(s\)/)
+      assert.match(lines[0] ?? '', /\(1000000 characters\)/)
+      return true
+    })
+  })
+
+  it('printable escapes backslashes, so an escape cannot be forged', () => {
+    assert.equal(printable('a\\x1b b\x1b'), 'a\\\\x1b b\\x1b')
+    assert.equal(printable('plain /nix/store/x-é.drv'), 'plain /nix/store/x-é.drv')
   })
 })

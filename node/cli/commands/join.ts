@@ -6,10 +6,11 @@ import type { Argv, CommandModule } from 'yargs'
 import { socketPath } from '../../control/control-client.ts'
 import { readLocalSystem } from '../../nix/local-system.ts'
 import { createLogger, isLogLevel } from '../../log.ts'
-import { DEFAULT_MESH_SECRET } from '../../../protocols/mesh/constants.ts'
+import { MESH_SECRET_FILE_ENV, membershipMessages, resolveMeshSecret } from '../mesh-secret.ts'
 import { dataDirOption } from '../data-dir.ts'
 import { UsageError } from '../exit-codes.ts'
-import { parsePublicKey, readSecretKeyFile, type PublicKey } from '../../../protocols/nix/signing-key.ts'
+import { formatPublicKey, parsePublicKey, readSecretKeyFile, type PublicKey } from '../../../protocols/nix/signing-key.ts'
+import { sandboxPolicy } from '../../nix/nix-config.ts'
 import { parseCompression } from '../../cache/compression.ts'
 import type { SignerOptions } from '../../mesh/mesh-node.ts'
 
@@ -22,6 +23,7 @@ interface JoinArgs {
   'mandatory-features': string[]
   'speed-factor': number
   'mesh-secret-file'?: string
+  open: boolean
   bootstrap: string[]
   mdns: boolean
   'min-free-disk': number
@@ -30,6 +32,8 @@ interface JoinArgs {
   signer: boolean
   'cache-key'?: string
   'trusted-keys'?: string
+  'cache-public-key'?: string[]
+  'cache-url'?: string
   'cache-dir'?: string
   'cache-listen'?: string
   'cache-compression': string
@@ -48,14 +52,17 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     .option('features', { type: 'array', string: true, describe: 'Supported system features', defaultDescription: 'Nix\'s system-features', coerce: list })
     .option('mandatory-features', { type: 'array', string: true, default: [], describe: 'Features a derivation must require to be built here', coerce: list })
     .option('speed-factor', { type: 'number', default: 1, describe: 'Relative speed of this machine (as in Nix machines files)' })
-    .option('mesh-secret-file', { type: 'string', describe: 'File holding the mesh secret; nodes with another secret cannot connect (env MESHBUILD_MESH_SECRET)' })
+    .option('mesh-secret-file', { type: 'string', describe: `File holding the mesh secret (meshbuild key generate-mesh-secret FILE); nodes with another secret cannot connect (env ${MESH_SECRET_FILE_ENV})`, defaultDescription: '<data-dir>/mesh.secret, made on first start' })
+    .option('open', { type: 'boolean', default: false, describe: 'Join the OPEN mesh: the public secret, shared by every node on the LAN started with --open (trusted networks only)' })
     .option('bootstrap', { type: 'array', string: true, default: [], describe: 'Peers to dial at start (/ip4/…/tcp/…/p2p/…), where multicast does not reach', coerce: list })
     .option('mdns', { type: 'boolean', default: true, describe: 'Find peers by mDNS (--no-mdns to disable)' })
     .option('min-free-disk', { type: 'number', default: 1024, describe: 'MiB free in /nix/store below which the node takes no work' })
     .option('lease-seconds', { type: 'number', default: 20, describe: 'How long a stolen job stays leased without renewal' })
     .option('signer', { type: 'boolean', default: false, describe: 'Be the mesh\'s signing node: check, re-sign and cache what workers build' })
     .option('cache-key', { type: 'string', describe: 'With --signer: the cache\'s secret key file (meshbuild key generate / nix-store --generate-binary-cache-key)' })
-    .option('trusted-keys', { type: 'string', describe: 'With --signer: file of worker public keys (name:base64, one a line); default: the keys the mesh\'s nodes announce' })
+    .option('trusted-keys', { type: 'string', describe: 'File of node public keys (name:base64, one a line): the only keys, with this node\'s own, whose signatures admit a peer\'s paths here and (on the signer) a worker\'s outputs into the cache', defaultDescription: 'a peer\'s own announced key for what it serves; the signer trusts only its own key' })
+    .option('cache-public-key', { type: 'array', string: true, describe: 'Public key (name:base64, or a file holding one) of the shared cache to substitute from; repeatable. A signer announcing another key is ignored', defaultDescription: 'none: no shared cache is used' })
+    .option('cache-url', { type: 'string', describe: 'URL of the shared cache, named directly (needs --cache-public-key)', defaultDescription: 'the URL a signer with a configured key announces' })
     .option('cache-dir', { type: 'string', describe: 'With --signer: where the binary cache lives', defaultDescription: '<data-dir>/cache' })
     .option('cache-listen', { type: 'string', describe: 'With --signer: HOST:PORT to serve the binary cache over HTTP' })
     .option('cache-compression', { type: 'string', default: 'zstd', choices: ['zstd', 'br', 'none'], describe: 'With --signer: how NARs are compressed in the cache' })
@@ -70,8 +77,15 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     const maxJobs = args['max-jobs'] ?? availableParallelism()
     if (!Number.isInteger(maxJobs) || maxJobs < 0) throw new UsageError(`--max-jobs must be a whole number, not ${maxJobs}`)
     if (!(args['speed-factor'] > 0)) throw new UsageError('--speed-factor must be positive')
-    const meshSecret = await readMeshSecret(args['mesh-secret-file'])
+    const mesh = await resolveMeshSecret({ open: args.open, dataDir: args['data-dir'], ...(args['mesh-secret-file'] !== undefined ? { file: args['mesh-secret-file'] } : {}) })
+    for (const [level, text] of membershipMessages(mesh)) log[level](text)
+    const meshSecret = mesh.secret
     const signer = await signerOptions(args)
+    const trust = await trustOptions(args)
+    const sandbox = sandboxPolicy()
+    if (sandbox.sandbox === false) log.warn(`Nix's sandbox is OFF for builds on this node: ${sandbox.reason}`)
+    else if (sandbox.sandbox === true) log.info(`Nix builds in its sandbox with build users (${sandbox.reason})`)
+    else log.info(`the sandbox is left to Nix's own settings (${sandbox.reason})`)
     // Loaded here, not at the top: libp2p takes a few hundred ms to load, which every other
     // command (and --help) would pay for.
     const { MeshNode } = await import('../../mesh/mesh-node.ts')
@@ -92,7 +106,8 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
       leaseMs: args['lease-seconds'] * 1000,
       minFreeDiskBytes: args['min-free-disk'] * 1024 * 1024,
       log,
-      ...(signer !== undefined ? { signer } : {})
+      ...(signer !== undefined ? { signer } : {}),
+      ...trust
     })
     const control = await startControlServer(node, socketPath(args['data-dir']), log.child('control'))
     log.info(`node ${node.peerId} ready; control socket ${join(args['data-dir'], 'control.sock')}`)
@@ -115,7 +130,7 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
 }
 
 async function signerOptions (args: JoinArgs): Promise<SignerOptions | undefined> {
-  const given = (['cache-key', 'trusted-keys', 'cache-dir', 'cache-listen'] as const).filter(k => args[k] !== undefined)
+  const given = (['cache-key', 'cache-dir', 'cache-listen'] as const).filter(k => args[k] !== undefined)
   if (!args.signer) {
     if (given.length > 0) throw new UsageError(`--${given.join(', --')} only apply with --signer`)
     return undefined
@@ -123,20 +138,6 @@ async function signerOptions (args: JoinArgs): Promise<SignerOptions | undefined
   const keyFile = args['cache-key']
   if (keyFile === undefined) throw new UsageError('--signer needs --cache-key FILE (make one with: meshbuild key generate NAME --secret-file FILE --public-file FILE.pub)')
   const cacheKey = await readSecretKeyFile(keyFile)
-  let trustedKeys: PublicKey[] | undefined
-  if (args['trusted-keys'] !== undefined) {
-    const file = args['trusted-keys']
-    const lines = (await readFile(file, 'utf8')).split('\n').map(l => l.trim())
-    trustedKeys = []
-    lines.forEach((line, i) => {
-      if (line === '' || line.startsWith('#')) return
-      try {
-        trustedKeys?.push(parsePublicKey(line))
-      } catch (err) {
-        throw new UsageError(`${file}:${i + 1}: ${(err as Error).message}`)
-      }
-    })
-  }
   let cacheListen: { host: string, port: number } | undefined
   if (args['cache-listen'] !== undefined) {
     const m = /^(.*):(\d+)$/.exec(args['cache-listen'])
@@ -148,17 +149,47 @@ async function signerOptions (args: JoinArgs): Promise<SignerOptions | undefined
     cacheKey,
     cacheDir: args['cache-dir'] ?? join(args['data-dir'], 'cache'),
     compression: parseCompression(args['cache-compression']),
-    ...(trustedKeys !== undefined ? { trustedKeys } : {}),
     ...(cacheListen !== undefined ? { cacheListen } : {})
   }
 }
 
-async function readMeshSecret (file: string | undefined): Promise<string> {
-  if (file !== undefined) {
-    const text = (await readFile(file, 'utf8')).trim()
-    if (text === '') throw new UsageError(`mesh secret file ${file} is empty`)
-    return text
+/** --trusted-keys, --cache-public-key and --cache-url: whom this node trusts, from its own configuration. */
+async function trustOptions (args: JoinArgs): Promise<{ trustedKeys?: PublicKey[], cachePublicKeys?: string[], cacheUrl?: string }> {
+  let trustedKeys: PublicKey[] | undefined
+  if (args['trusted-keys'] !== undefined) {
+    const file = args['trusted-keys']
+    const lines = (await readFile(file, 'utf8').catch((err: Error) => { throw new UsageError(`--trusted-keys: ${err.message}`) })).split('\n').map(l => l.trim())
+    trustedKeys = []
+    lines.forEach((line, i) => {
+      if (line === '' || line.startsWith('#')) return
+      try {
+        trustedKeys?.push(parsePublicKey(line))
+      } catch (err) {
+        throw new UsageError(`${file}:${i + 1}: ${(err as Error).message}`)
+      }
+    })
   }
-  const env = process.env.MESHBUILD_MESH_SECRET
-  return env !== undefined && env !== '' ? env : DEFAULT_MESH_SECRET
+  const cachePublicKeys: string[] = []
+  for (const given of args['cache-public-key'] ?? []) {
+    // A key is `name:base64`; anything else is taken as a file holding one.
+    let text = given.trim()
+    if (!/^[^:/\s]+:[A-Za-z0-9+/=]+$/.test(text)) {
+      text = (await readFile(given, 'utf8').catch((err: Error) => { throw new UsageError(`--cache-public-key ${given}: not name:base64, and not a readable file (${err.message})`) })).trim()
+    }
+    try {
+      cachePublicKeys.push(formatPublicKey(parsePublicKey(text)))
+    } catch (err) {
+      throw new UsageError(`--cache-public-key ${given}: ${(err as Error).message}`)
+    }
+  }
+  const cacheUrl = args['cache-url']
+  if (cacheUrl !== undefined) {
+    if (!/^https?:\/\/[^\s]+$/.test(cacheUrl)) throw new UsageError(`--cache-url takes an http(s) URL, not ${cacheUrl}`)
+    if (cachePublicKeys.length === 0) throw new UsageError('--cache-url needs --cache-public-key KEY: a cache is used only with a key this node is configured to trust')
+  }
+  return {
+    ...(trustedKeys !== undefined ? { trustedKeys } : {}),
+    ...(cachePublicKeys.length > 0 ? { cachePublicKeys } : {}),
+    ...(cacheUrl !== undefined ? { cacheUrl: cacheUrl.replace(/\/+$/, '') } : {})
+  }
 }

@@ -1,9 +1,11 @@
 // `meshbuild key`: make Nix signing keys and derive public keys from secret ones. The files are
 // those of `nix-store --generate-binary-cache-key NAME SEC PUB`: `name:base64`, no newline,
-// the secret one readable by its owner only.
+// the secret one readable by its owner only. Also makes mesh secrets (mesh-secret.ts).
 import { open } from 'node:fs/promises'
+import { resolve } from 'node:path'
 import type { Argv, CommandModule } from 'yargs'
 import { CommandFailed, UsageError } from '../exit-codes.ts'
+import { MESH_SECRET_BYTES, addMachineCommand, writeNewMeshSecret } from '../mesh-secret.ts'
 import {
   KeyFormatError, checkKeyName, formatPublicKey, formatSecretKey, generateKeyPair, publicKeyOf, readSecretKeyFile
 } from '../../../protocols/nix/signing-key.ts'
@@ -99,12 +101,30 @@ const publicCommand: CommandModule<object, PublicArgs> = {
   }
 }
 
+interface MeshSecretArgs {
+  file: string
+}
+
+const meshSecretCommand: CommandModule<object, MeshSecretArgs> = {
+  command: 'generate-mesh-secret <file>',
+  describe: `Make a mesh secret file (${MESH_SECRET_BYTES} random bytes, base64, mode 0600); only nodes given the same file form a mesh. Never overwrites a file`,
+  builder: (y: Argv) => y
+    .positional('file', { type: 'string', demandOption: true, describe: 'Where to write the secret (must not exist)' })
+    .example('$0 key generate-mesh-secret /etc/meshbuild/mesh.secret', 'then copy the file to every machine and run: meshbuild join --mesh-secret-file /etc/meshbuild/mesh.secret') as unknown as Argv<MeshSecretArgs>,
+  handler: async (args) => {
+    if (typeof args.file !== 'string' || args.file === '') throw new UsageError('name the file to write')
+    await writeNewMeshSecret(args.file)
+    process.stdout.write(`wrote ${args.file}; copy it to every machine of the mesh (keep it mode 0600) and run there: ${addMachineCommand(resolve(args.file))}\n`)
+  }
+}
+
 export const keyCommand: CommandModule = {
   command: 'key <command>',
-  describe: 'Make Nix signing keys and show their public halves',
+  describe: 'Make Nix signing keys and mesh secrets, and show public keys',
   builder: (y: Argv) => y
     .command(generateCommand)
     .command(publicCommand)
-    .demandCommand(1, 'Name a key command: generate or public.'),
+    .command(meshSecretCommand)
+    .demandCommand(1, 'Name a key command: generate, public or generate-mesh-secret.'),
   handler: () => {}
 }
