@@ -26,7 +26,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { generateKeyPair as generatePeerKey } from '@libp2p/crypto/keys'
 import { TestNetwork, type TestHost } from '../test/helpers/test-hosts.ts'
-import { MESHBUILD_BIN, instantiateIn, startNode, status, stopNode, type MeshNodeHandle } from '../test/helpers/mesh-hosts.ts'
+import { MESHBUILD_BIN, instantiateIn, meshSecretFile, startNode, status, stopNode, type MeshNodeHandle } from '../test/helpers/mesh-hosts.ts'
 import { waitFor } from '../test/helpers/wait.ts'
 import { execText } from '../node/nix/exec.ts'
 import { CliStore } from '../node/nix/cli-store.ts'
@@ -35,7 +35,7 @@ import { fetchClosure, pullNars } from '../node/mesh/store-transfer.ts'
 import { BinaryCache } from '../node/cache/binary-cache.ts'
 import type { CompressionName } from '../node/cache/compression.ts'
 import { createLogger } from '../node/log.ts'
-import { DEFAULT_MESH_SECRET } from '../protocols/mesh/constants.ts'
+import { readMeshSecretFile } from '../node/cli/mesh-secret.ts'
 import { generateKeyPair } from '../protocols/nix/signing-key.ts'
 import type { SubmissionReport } from '../node/mesh/reports.ts'
 import type { BenchRow } from './run.ts'
@@ -102,14 +102,14 @@ async function buildSet (net: TestNetwork, w: MeshNodeHandle, kind: 'small' | 'b
 
 // --- raw NAR stream: this file run in S's host as a bare libp2p peer --------------------------
 
-/** `node bench/signer.ts pull discard|import PEER ADDR LISTFILE`: prints a PullResult as JSON. */
+/** `node bench/signer.ts pull discard|import PEER ADDR LISTFILE SECRETFILE`: prints a PullResult as JSON. */
 async function pullMain (args: string[]): Promise<void> {
-  const [mode, peer, addr, listFile] = args
-  if ((mode !== 'discard' && mode !== 'import') || peer === undefined || addr === undefined || listFile === undefined) {
-    throw new Error('usage: signer.ts pull discard|import PEER ADDR LISTFILE')
+  const [mode, peer, addr, listFile, secretFile] = args
+  if ((mode !== 'discard' && mode !== 'import') || peer === undefined || addr === undefined || listFile === undefined || secretFile === undefined) {
+    throw new Error('usage: signer.ts pull discard|import PEER ADDR LISTFILE SECRETFILE')
   }
   const paths = (await readFile(listFile, 'utf8')).split('\n').filter(l => l !== '')
-  const secret = process.env.MESHBUILD_MESH_SECRET ?? DEFAULT_MESH_SECRET
+  const secret = await readMeshSecretFile(secretFile)
   const network = new MeshNetwork({
     privateKey: await generatePeerKey('Ed25519'),
     listen: ['/ip4/0.0.0.0/tcp/0'],
@@ -143,7 +143,7 @@ async function rawPull (net: TestNetwork, s: TestHost, w: MeshNodeHandle, set: O
   if (addr === undefined) throw new Error(`W announces no address on ${w.host.address}: ${self.addresses.join(', ')}`)
   const list = join(net.sharedDir, `pull-${randomBytes(4).toString('hex')}.list`)
   await writeFile(list, set.paths.join('\n') + '\n')
-  const r = await s.exec(process.execPath, [THIS_FILE, 'pull', mode, w.peerId, addr, list], { timeoutMs: PULL_TIMEOUT_MS })
+  const r = await s.exec(process.execPath, [THIS_FILE, 'pull', mode, w.peerId, addr, list, await meshSecretFile(net)], { timeoutMs: PULL_TIMEOUT_MS })
   if (r.code !== 0) throw new Error(`raw ${mode} pull in S's host exited with ${r.code}: ${r.stderr}`)
   const result = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '') as PullResult
   if (result.bytes !== set.narBytes) throw new Error(`raw ${mode} pull moved ${result.bytes} bytes, expected ${set.narBytes}`)
@@ -197,8 +197,7 @@ async function cpuSeconds (pid: number | undefined, children: boolean): Promise<
 
 async function signSet (net: TestNetwork, s: TestHost, w: MeshNodeHandle, set: OutputSet, compression: CompressionName, cacheKey: string, expectedInCache: number): Promise<SignRun> {
   const cacheDir = join(net.sharedDir, `cache-${compression}`)
-  // W's key named in a file: with the default policy (keys the mesh's nodes announce) a fresh
-  // signer can get W's offer before W's beacon, and refuses it for good (see docs/benchmarks.md).
+  // W's key named in a file: the signer trusts only --trusted-keys and its own key.
   const trusted = join(net.sharedDir, 'trusted-keys')
   await writeFile(trusted, `${(await status(w)).self.signingKey ?? ''}\n`)
   const cpuW0 = await cpuSeconds(w.child.pid, true)
@@ -330,7 +329,8 @@ export async function run (): Promise<BenchRow[]> {
     const [hW, hS] = [net.host(0), net.host(1)]
     const cacheKey = join(net.sharedDir, 'cache.sec')
     await execText(process.execPath, [MESHBUILD_BIN, 'key', 'generate', 'bench-cache-1', '--secret-file', cacheKey, '--public-file', `${cacheKey}.pub`])
-    w = await startNode(net, hW, { args: ['--max-jobs', '4'] })
+    // W offers to S only because S's cache key is configured on W (a file holding it).
+    w = await startNode(net, hW, { args: ['--max-jobs', '4', '--cache-public-key', `${cacheKey}.pub`] })
     let firstRound = true
     for (const compression of COMPRESSIONS) {
       // Each compression has its own cache directory: counts and file sizes add up per round.

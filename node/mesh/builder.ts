@@ -9,6 +9,7 @@ import { BuildFailure, type StoreBackend } from '../nix/store-backend.ts'
 import type { FailureKind, WorkItem } from '../scheduler/job.ts'
 import type { BuildOutcome } from '../scheduler/scheduler.ts'
 import { fetchClosure, inputOutputs, PathUnavailable } from './store-transfer.ts'
+import type { PathTrust } from './path-trust.ts'
 import { substituteFrom, type CacheRef } from '../cache/cache-client.ts'
 import type { MeshNetwork } from './network.ts'
 import type { Logger } from '../log.ts'
@@ -30,6 +31,8 @@ export interface BuilderContext {
   systemFeatures: string[]
   /** The shared cache, to substitute inputs the owner does not have. */
   cache: () => CacheRef | undefined
+  /** The keys whose signature admits a path `peer` serves into this store (path-trust.ts). */
+  trust: (peer: string) => PathTrust
 }
 
 /** Where the build log of a derivation is kept, for `meshbuild log`. */
@@ -60,6 +63,7 @@ export async function runWorkItem (ctx: BuilderContext, item: WorkItem, signal: 
       ...(item.maxSilentTime !== undefined ? { maxSilentTime: item.maxSilentTime } : {})
     })
     log.info(`built ${item.drvPath}`)
+    if (item.check === true) return { ok: true, outputs: result.outputs, narHashes: await narHashesOf(ctx.store, result.outputs) }
     return { ok: true, outputs: result.outputs }
   } catch (err) {
     if (err instanceof BuildFailure) {
@@ -74,6 +78,18 @@ export async function runWorkItem (ctx: BuilderContext, item: WorkItem, signal: 
   }
 }
 
+/** Output name -> NAR hash (`sha256:<nix32>`) of each output as this store registered it. */
+async function narHashesOf (store: StoreBackend, outputs: Record<string, string>): Promise<Record<string, string>> {
+  const infos = await store.queryPathInfos(Object.values(outputs))
+  const hashes: Record<string, string> = {}
+  for (const [name, path] of Object.entries(outputs)) {
+    const info = infos.get(path)
+    if (info === undefined) throw new Error(`output ${path} is not valid after its build`)
+    hashes[name] = info.narHash.toNix32()
+  }
+  return hashes
+}
+
 /**
  * The .drv closure and the outputs of its inputs, in one round: the owner, which has the .drv,
  * names the inputs. Once the .drv is here the worker reads the inputs itself: any the owner did
@@ -81,7 +97,9 @@ export async function runWorkItem (ctx: BuilderContext, item: WorkItem, signal: 
  * owner lacks come from the shared cache.
  */
 async function fetchInputs (ctx: BuilderContext, item: WorkItem, signal: AbortSignal): Promise<void> {
-  const first = await fetchClosure(ctx.network, ctx.store, item.owner, [item.drvPath], signal, { withInputs: true })
+  // Inputs enter this store only signed by the owner's announced key (or --trusted-keys).
+  const trust = ctx.trust(item.owner)
+  const first = await fetchClosure(ctx.network, ctx.store, item.owner, [item.drvPath], signal, { withInputs: true, trust })
   const inputs = await inputOutputs([item.drvPath])
   const present = new Set(first.present)
   const ownerLacks = new Set(first.missing)
@@ -90,7 +108,7 @@ async function fetchInputs (ctx: BuilderContext, item: WorkItem, signal: AbortSi
   let bytes = first.bytes
   if (undescribed.length > 0) {
     try {
-      const second = await fetchClosure(ctx.network, ctx.store, item.owner, undescribed, signal)
+      const second = await fetchClosure(ctx.network, ctx.store, item.owner, undescribed, signal, { trust })
       imported += second.imported.length
       bytes += second.bytes
     } catch (err) {

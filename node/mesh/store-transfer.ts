@@ -19,10 +19,17 @@ import {
 import { ProtocolError } from '../../protocols/mesh/stream-channel.ts'
 import type { ImportInfo, NarEntry, PathInfo, StoreBackend } from '../nix/store-backend.ts'
 import type { MeshNetwork } from './network.ts'
+import { requireTrusted, signServed, type PathTrust } from './path-trust.ts'
+import type { SecretKey } from '../../protocols/nix/signing-key.ts'
 import type { Logger } from '../log.ts'
 
 export class PathUnavailable extends Error {
   override name = 'PathUnavailable'
+}
+
+/** The peer describes a root with another NAR hash than the one expected of it; nothing was fetched. */
+export class UnexpectedNarHash extends Error {
+  override name = 'UnexpectedNarHash'
 }
 
 export function toMessage (info: PathInfo): PathInfoMessage {
@@ -59,8 +66,13 @@ export async function inputOutputs (drvPaths: string[]): Promise<string[]> {
   return [...out]
 }
 
-/** Serves this node's store to peers. */
-export async function serveStore (network: MeshNetwork, store: StoreBackend, log: Logger): Promise<void> {
+/**
+ * Serves this node's store to peers. Every path info served (path-info replies and NAR headers)
+ * carries a signature by `key`, the node's key, made on the fly: a receiver imports only what a
+ * key it trusts vouches for, and the serving member's announced key is the one it knows.
+ */
+export async function serveStore (network: MeshNetwork, store: StoreBackend, log: Logger, key?: SecretKey): Promise<void> {
+  const served = (info: PathInfo): PathInfoMessage => key === undefined ? toMessage(info) : signServed(toMessage(info), key)
   await network.handle(PROTOCOL_PATH_INFO, async (channel, peer) => {
     const req = await channel.readMessage(validatePathInfoRequest, { maxBytes: MAX_REQUEST_BYTES, timeoutMs: REPLY_TIMEOUT_MS })
     // The .drv files are read before Nix says they are valid: an invalid one is reported missing
@@ -71,7 +83,7 @@ export async function serveStore (network: MeshNetwork, store: StoreBackend, log
       : []
     const { infos, missing } = await store.closureInfos([...req.roots, ...inputs])
     log.debug(`path-info for ${peer}: ${infos.length} paths, ${missing.length} missing${req.withInputs === true ? `, ${inputs.length} inputs` : ''}`)
-    await channel.writeMessage({ infos: infos.map(toMessage), missing, ...(req.withInputs === true ? { inputs } : {}) })
+    await channel.writeMessage({ infos: infos.map(served), missing, ...(req.withInputs === true ? { inputs } : {}) })
   })
 
   await network.handle(PROTOCOL_NAR, async (channel, peer) => {
@@ -84,7 +96,7 @@ export async function serveStore (network: MeshNetwork, store: StoreBackend, log
         await channel.writeMessage({ path, error: 'not valid in this store' })
         continue
       }
-      await channel.writeMessage({ path, info: toMessage(info) })
+      await channel.writeMessage({ path, info: served(info) })
       let sent = 0
       for await (const chunk of store.exportNar(path, { knownValid: true })) {
         await channel.write(chunk)
@@ -109,12 +121,22 @@ export interface FetchResult {
 export interface FetchOptions {
   /** Also fetch the outputs of the input derivations of every .drv root, in the same round. */
   withInputs?: boolean
+  /**
+   * The keys one of which must have signed every path imported (checked on the path-info reply,
+   * before anything is fetched; UntrustedPath otherwise). Without it nothing is checked: the
+   * node always passes it, only tests of the transfer itself leave it out.
+   */
+  trust?: PathTrust
+  /** Root path -> the NAR hash (`sha256:<nix32>`) it must have, checked before anything is fetched. */
+  expectNarHashes?: Record<string, string>
 }
 
 /**
  * Makes the closure of `roots` valid in the local store, fetching what is missing from `peer`.
  * Throws PathUnavailable when the peer lacks a root, NarHashMismatch (from the store) when a NAR
  * is not what its path-info claimed; paths imported before the failing one stay imported.
+ * With `options.trust`, throws UntrustedPath, having imported nothing, when a path it would
+ * import carries no valid signature by one of those keys.
  */
 export async function fetchClosure (network: MeshNetwork, store: StoreBackend, peer: string, roots: string[], signal?: AbortSignal, options: FetchOptions = {}): Promise<FetchResult> {
   if (roots.length === 0) return { imported: [], bytes: 0, present: [], missing: [] }
@@ -143,10 +165,18 @@ export async function fetchClosure (network: MeshNetwork, store: StoreBackend, p
   if (undescribed.length > 0) throw new ProtocolError(`${peer} answered path-info without describing ${undescribed.join(', ')}`)
   const stray = outsideClosure(described, [...roots, ...inputs.filter(i => described.has(i))])
   if (stray !== undefined) throw new ProtocolError(`${peer} answered path-info describing ${stray}, outside the closure asked for`)
+  // A checked build's outputs must be the ones two builders agreed on: a peer that reported one
+  // hash and serves another is refused before a byte of it is imported.
+  for (const [path, hash] of Object.entries(options.expectNarHashes ?? {})) {
+    const said = described.get(path)?.narHash
+    if (said !== undefined && said !== hash) throw new UnexpectedNarHash(`${peer} serves ${path} with NAR hash ${said}, not the agreed ${hash}`)
+  }
 
   // 2. Fetch what we lack, references first, into the store in one batch.
   const have = await store.isValid(reply.infos.map(i => i.path))
   const needed = reply.infos.filter(i => !have.has(i.path))
+  // Only what a trusted key vouches for enters the store: every path checked before the first NAR.
+  if (options.trust !== undefined) requireTrusted(needed, options.trust, peer)
   const present = reply.infos.map(i => i.path)
   if (needed.length === 0) return { imported: [], bytes: 0, present, missing: missingInputs }
   const nars = async function * (): AsyncGenerator<NarEntry> {
@@ -159,7 +189,12 @@ export async function fetchClosure (network: MeshNetwork, store: StoreBackend, p
       yield { path: info.path, nar }
     }
   }
-  await store.importNars(needed.map(importInfo), nars(), signal !== undefined ? { signal } : {})
+  try {
+    await store.importNars(needed.map(importInfo), nars(), signal !== undefined ? { signal } : {})
+  } catch (err) {
+    penaliseBadData(network, peer, err)
+    throw err
+  }
   return { imported: needed.map(i => i.path), bytes: needed.reduce((n, i) => n + i.narSize, 0), present, missing: missingInputs }
 }
 
@@ -194,7 +229,20 @@ export type NarConsumer = (info: PathInfoMessage, nar: AsyncIterable<Uint8Array>
  * order. Throws PathUnavailable when the peer cannot send one; any error aborts the stream.
  */
 export async function pullNars (network: MeshNetwork, peer: string, paths: string[], consume: NarConsumer, signal?: AbortSignal): Promise<void> {
-  for await (const { info, nar } of receiveNars(network, peer, paths, signal)) await consume(info, nar)
+  for await (const { info, nar } of receiveNars(network, peer, paths, signal)) {
+    try {
+      await consume(info, nar)
+    } catch (err) {
+      penaliseBadData(network, peer, err)
+      throw err
+    }
+  }
+}
+
+/** A NAR whose bytes are not the NarHash/NarSize its sender claimed: the sender is cut off. */
+function penaliseBadData (network: MeshNetwork, peer: string, err: unknown): void {
+  const e = err as Error
+  if (e.name === 'NarHashMismatch') network.penalise(peer, `served a NAR that does not match its hash: ${e.message.slice(0, 300)}`)
 }
 
 /**

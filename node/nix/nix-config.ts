@@ -1,9 +1,12 @@
 // The settings meshbuild hands every Nix command it runs, through NIX_CONFIG.
 //
 // Documented defaults (docs/operations.md):
-// - `sandbox = false`: Debian's nix-bin ships it off, and a sandbox needs user namespaces
-//   that containers often lack.
-// - `build-users-group =` when running as root on a machine whose `nixbld` group has no
+// - the sandbox: on (`sandbox = true`) when running as root with build users (Nix's own default
+//   on Linux; Debian's nix.conf turns it off, but it works there: seen on Debian's Nix 2.8 as
+//   root with nixbld1..10). Off (`sandbox = false`) only as root without build users, including
+//   an effective `build-users-group =`, as in test hosts. Not root: Nix's configuration (or its
+//   daemon) decides. `join` says which on start.
+// - `build-users-group =` when running as root on a machine whose build-users group has no
 //   members: Nix refuses to build as root with a build-users-group that has no users.
 // - `substituters =` (empty) unless the caller asks for some: meshbuild substitutes through
 //   the mesh and its own cache; the default cache.nixos.org costs ~4 s of retries per build
@@ -21,19 +24,66 @@ export interface NixSettings {
   extra?: string[]
 }
 
-/** True when running as root and the `nixbld` group lists no users. */
-export function rootWithoutBuildUsers (groupFile = '/etc/group'): boolean {
-  if (process.getuid?.() !== 0) return false
-  let groups = ''
-  try {
-    groups = readFileSync(groupFile, 'utf8')
-  } catch {
-    return true
+/** Nix's build-users group when no configuration names one (as root). */
+const DEFAULT_BUILD_USERS_GROUP = 'nixbld'
+const SYSTEM_NIX_CONF = '/etc/nix/nix.conf'
+
+/** Whether builds run in Nix's sandbox, as meshbuild sets it, and why. */
+export interface SandboxPolicy {
+  /** undefined: meshbuild sets nothing and Nix's own configuration decides. */
+  sandbox: boolean | undefined
+  /** Also pass `build-users-group =`: root, and the group has no members. */
+  clearBuildUsersGroup: boolean
+  reason: string
+}
+
+export interface SandboxProbe {
+  uid?: number
+  groupFile?: string
+  nixConfFile?: string
+  /** The NIX_CONFIG this process inherited. */
+  inherited?: string
+}
+
+/** The last value of `name` in nix.conf-style text (later lines win, as in Nix), if any. */
+function lastSetting (text: string, name: string): string | undefined {
+  let value: string | undefined
+  for (const line of text.split('\n')) {
+    const m = /^\s*([A-Za-z0-9-]+)\s*=(.*)$/.exec(line.replace(/#.*$/, ''))
+    if (m?.[1] === name) value = (m[2] ?? '').trim()
   }
-  const line = groups.split('\n').find(l => l.startsWith('nixbld:'))
-  if (line == null) return true
-  const members = line.split(':')[3] ?? ''
-  return members.trim() === ''
+  return value
+}
+
+function readText (file: string): string {
+  try {
+    return readFileSync(file, 'utf8')
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * The sandbox policy for this machine: Nix's sandbox with build users wherever they exist;
+ * off only as root without build users (no group members, or an effective empty
+ * `build-users-group`), where Nix would build as root.
+ */
+export function sandboxPolicy (probe: SandboxProbe = {}): SandboxPolicy {
+  const uid = probe.uid ?? process.getuid?.()
+  const inherited = probe.inherited ?? process.env.NIX_CONFIG ?? ''
+  if (uid !== 0) return { sandbox: undefined, clearBuildUsersGroup: false, reason: 'not running as root: Nix\'s own configuration (or its daemon) decides' }
+  const conf = readText(probe.nixConfFile ?? SYSTEM_NIX_CONF)
+  const group = lastSetting(`${conf}\n${inherited}`, 'build-users-group') ?? DEFAULT_BUILD_USERS_GROUP
+  if (group === '') return { sandbox: false, clearBuildUsersGroup: false, reason: 'running as root with build-users-group empty: builds would run as root' }
+  const line = readText(probe.groupFile ?? '/etc/group').split('\n').find(l => l.startsWith(`${group}:`))
+  const members = (line?.split(':')[3] ?? '').trim()
+  if (members === '') return { sandbox: false, clearBuildUsersGroup: true, reason: `running as root and the build-users group ${group} has no members: builds run as root` }
+  return { sandbox: true, clearBuildUsersGroup: false, reason: `running as root with build users (group ${group})` }
+}
+
+/** True when running as root and the build-users group lists no users. */
+export function rootWithoutBuildUsers (groupFile = '/etc/group'): boolean {
+  return sandboxPolicy({ groupFile }).clearBuildUsersGroup
 }
 
 /**
@@ -42,8 +92,10 @@ export function rootWithoutBuildUsers (groupFile = '/etc/group'): boolean {
  * system features), which must win.
  */
 export function nixConfigText (settings: NixSettings = {}, inherited = ''): string {
-  const lines = ['sandbox = false', 'experimental-features = nix-command']
-  if (rootWithoutBuildUsers()) lines.push('build-users-group =')
+  const policy = sandboxPolicy({ inherited })
+  const lines = ['experimental-features = nix-command']
+  if (policy.sandbox !== undefined) lines.push(`sandbox = ${policy.sandbox}`)
+  if (policy.clearBuildUsersGroup) lines.push('build-users-group =')
   lines.push('substituters =')
   if (inherited.trim() !== '') lines.push(inherited)
   if (settings.substituters != null) lines.push(`substituters = ${settings.substituters.join(' ')}`)

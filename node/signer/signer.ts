@@ -5,12 +5,12 @@
 // the cache key's signature. Anything that fails is refused, logged and kept for `status`.
 import { Hash } from '../../protocols/nix/hash.ts'
 import type { NarInfo } from '../../protocols/nix/narinfo.ts'
-import { checkDetached, signNarinfo, type SignatureFailure } from '../../protocols/nix/signature.ts'
+import { signNarinfo } from '../../protocols/nix/signature.ts'
 import { formatPublicKey, publicKeyOf, type PublicKey, type SecretKey } from '../../protocols/nix/signing-key.ts'
 import { storePathBaseName } from '../../protocols/nix/store-path.ts'
 import type { PathInfoMessage, SignOffer, SignReply } from '../../protocols/mesh/messages.ts'
 import type { NarConsumer } from '../mesh/store-transfer.ts'
-import { pathFingerprint } from './offer.ts'
+import { signatureProblem } from '../mesh/path-trust.ts'
 import type { Logger } from '../log.ts'
 
 /** What the signer needs of the cache it fills. */
@@ -33,10 +33,10 @@ export interface Rejection {
 export interface SignerInit {
   cache: SignerCache
   cacheKey: SecretKey
-  /** Keys from --trusted-keys; when absent, `meshKeys()` decides. */
+  /** Keys from --trusted-keys (none when not given). Announced keys are never trusted. */
   trustedKeys?: PublicKey[]
-  /** Keys announced by the mesh's nodes (this one included), trusted when no file is given. */
-  meshKeys: () => PublicKey[]
+  /** This node's own key: what the signer built itself it trusts without being told. */
+  selfKey: PublicKey
   log: Logger
 }
 
@@ -54,11 +54,13 @@ export class Signer {
 
   /** The keys whose signatures make a worker's output acceptable. */
   trusted (): PublicKey[] {
-    return this.init.trustedKeys ?? this.init.meshKeys()
+    const self = this.init.selfKey
+    const given = (this.init.trustedKeys ?? []).filter(k => !(k.name === self.name && Buffer.from(k.key).equals(Buffer.from(self.key))))
+    return [self, ...given]
   }
 
   trustPolicy (): string {
-    return this.init.trustedKeys !== undefined ? 'trusted-keys file' : 'keys of the mesh\'s nodes'
+    return this.init.trustedKeys !== undefined ? 'the --trusted-keys file and its own node key' : 'only its own node key (no --trusted-keys given)'
   }
 
   rejections (): Rejection[] {
@@ -88,10 +90,9 @@ export class Signer {
     const accepted = new Map<string, PathInfoMessage>()
     for (const info of offer.paths) {
       if (!absent.has(info.path)) { stored.push(info.path); continue }
-      const why = this.signatureProblem(info, trusted)
-      // Trusting the mesh's keys, an unknown key may be a peer whose beacon has not arrived yet:
-      // defer rather than refuse. A keys file is final.
-      if (why !== undefined) { reject(info.path, why, this.init.trustedKeys !== undefined || !why.startsWith('signed only by untrusted')); continue }
+      const why = signatureProblem(info, { keys: trusted, policy: this.trustPolicy() })
+      // The trusted keys come from this node's configuration only, so a refusal is final.
+      if (why !== undefined) { reject(info.path, why, true); continue }
       const missingRef = info.references.find(r => r !== info.path && absent.has(r) && !accepted.has(r))
       if (missingRef !== undefined) { reject(info.path, `its reference ${missingRef} is not in the cache`, false); continue }
       accepted.set(info.path, info)
@@ -127,29 +128,6 @@ export class Signer {
       }
     }
     return { stored, rejected }
-  }
-
-  /** Why no signature of `info` verifies with a trusted key, or undefined when one does. */
-  private signatureProblem (info: PathInfoMessage, trusted: PublicKey[]): string | undefined {
-    const sigs = info.signatures ?? []
-    if (sigs.length === 0) return 'it carries no signature'
-    let fp: string
-    try {
-      fp = pathFingerprint({ path: info.path, narHash: Hash.parse(info.narHash), narSize: info.narSize, references: info.references })
-    } catch (err) {
-      return `its metadata is malformed: ${(err as Error).message}`
-    }
-    const failures: SignatureFailure[] = []
-    for (const sig of sigs) {
-      const check = checkDetached(fp, sig, trusted)
-      if (check.ok) return undefined
-      failures.push(check)
-    }
-    const untrusted = failures.filter(f => f.problem === 'untrusted-key').map(f => f.keyName)
-    const invalid = failures.filter(f => f.problem === 'invalid').map(f => f.keyName)
-    if (invalid.length > 0) return `its signature by ${invalid.join(', ')} does not match its NarHash, NarSize and references`
-    if (untrusted.length > 0) return `signed only by untrusted key(s) ${untrusted.join(', ')} (trusting ${this.trustPolicy()}: ${trusted.map(k => k.name).join(', ') || 'none'})`
-    return 'its signatures are malformed'
   }
 
   private cacheNarinfo (info: PathInfoMessage): NarInfo {

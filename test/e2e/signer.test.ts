@@ -49,6 +49,7 @@ describe('the signing node and the shared binary cache', { timeout: 600_000 }, (
   let cacheUrl: string
   let outputs: string[] = []
   let drvs: string[] = []
+  let bothWorkers = ''
 
   before(async () => {
     net = await TestNetwork.create({ hosts: 4 })
@@ -59,8 +60,12 @@ describe('the signing node and the shared binary cache', { timeout: 600_000 }, (
     await execText(process.execPath, [MESHBUILD_BIN, 'key', 'generate', 'mesh-cache-1', '--secret-file', cacheSec, '--public-file', pubFile])
     cachePub = (await readFile(pubFile, 'utf8')).trim()
     cacheUrl = `http://${net.host(2).address}:${CACHE_PORT}`
-    for (const i of [0, 1]) nodes.push(await startNode(net, net.host(i), { args: ['--max-jobs', '2'] }))
+    // Every node uses the shared cache only because its key is configured here.
+    for (const i of [0, 1]) nodes.push(await startNode(net, net.host(i), { args: ['--max-jobs', '2', '--cache-public-key', cachePub] }))
     await waitForMesh(nodes)
+    // The signer trusts the workers' keys because it is told to, not because they announce them.
+    bothWorkers = join(net.sharedDir, 'both-workers')
+    await writeFile(bothWorkers, (await Promise.all(nodes.map(async n => (await status(n)).self.signingKey ?? ''))).join('\n') + '\n')
   })
 
   after(async () => {
@@ -68,7 +73,7 @@ describe('the signing node and the shared binary cache', { timeout: 600_000 }, (
     await net?.destroy()
   })
 
-  const startSigner = async (extra: string[] = []): Promise<MeshNodeHandle> => {
+  const startSigner = async (extra: string[] = ['--trusted-keys', bothWorkers]): Promise<MeshNodeHandle> => {
     const s = await startNode(net, net.host(2), {
       args: ['--max-jobs', '1', '--signer', '--cache-key', cacheSec, '--cache-listen', `0.0.0.0:${CACHE_PORT}`, ...extra],
       dataDir: join(net.sharedDir, 'signer')
@@ -158,6 +163,10 @@ describe('the signing node and the shared binary cache', { timeout: 600_000 }, (
     const s = await status(signer)
     const why = s.signer?.rejections?.find(x => x.path === out)
     assert.match(why?.reason ?? '', /untrusted key/)
+    // It trusts exactly the file's key and its own: host 1's announced key counts for nothing.
+    const keys = s.signer?.trust?.keys ?? []
+    assert.deepEqual(new Set(keys), new Set([(await status(a)).self.signingKey, s.self.signingKey]))
+    assert.ok(!keys.includes((await status(b)).self.signingKey ?? ''), 'host 1\'s announced key is not trusted')
     assert.equal(why?.permanent, true)
     const plain = await cli(signer, ['status'])
     assert.match(plain.stdout, /refused .* untrusted key/)

@@ -538,11 +538,11 @@ export class TestHost {
    * NIX_REMOTE (the machine's daemon is not this host's store), and a cache dir of its own.
    */
   nixEnv (settings: NixSettings = {}, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-    const env = nixEnv(settings, base)
     // Hosts share the machine's users and PID namespace but not /nix/var/nix/userpool: two hosts
     // would take the same nixbld user, and Nix kills every process of a build user before a build
-    // starts, so one host's build killed another's. Builds in test hosts run as root instead.
-    env.NIX_CONFIG = `${env.NIX_CONFIG ?? ''}\nbuild-users-group =`
+    // starts, so one host's build killed another's. Builds in test hosts run as root instead, and
+    // so without the sandbox: given as inherited config, meshbuild's policy (nix-config.ts) sees it.
+    const env = nixEnv(settings, { ...base, NIX_CONFIG: `${base.NIX_CONFIG ?? ''}\nbuild-users-group =` })
     delete env.NIX_REMOTE
     env.XDG_CACHE_HOME = join(this.root, 'cache')
     return env

@@ -22,7 +22,7 @@ import { toMessage } from '../../node/mesh/store-transfer.ts'
 import { tempDir } from '../helpers/nix.ts'
 import { waitFor } from '../helpers/wait.ts'
 
-const log = createLogger('test', 'error')
+const log = createLogger('test', process.env.TEST_LOG === '1' ? 'debug' : 'error')
 
 describe('the signer and a lying worker', { timeout: 120_000 }, () => {
   let dir: { dir: string, cleanup: () => Promise<void> }
@@ -45,9 +45,12 @@ describe('the signer and a lying worker', { timeout: 120_000 }, () => {
       mdns: false,
       minFreeDiskBytes: 0,
       log,
+      // The rogue's key is trusted by configuration: what is tested here is what comes after.
+      trustedKeys: [rogueKey.publicKey],
+      // The rogue must stay connected through every case: penalties are logged, not enforced.
+      penalties: { durationMs: 0 },
       signer: {
         cacheKey: generateKeyPair('cache-1').secretKey,
-        trustedKeys: [rogueKey.publicKey],
         cacheDir: join(dir.dir, 'cache'),
         cacheListen: { host: '127.0.0.1', port: 0 }
       }
