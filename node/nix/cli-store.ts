@@ -8,7 +8,7 @@ import { once } from 'node:events'
 import type { Writable } from 'node:stream'
 import { Hash } from '../../protocols/nix/hash.ts'
 import { outputPaths, readDerivation } from '../../protocols/nix/derivation.ts'
-import { exec, NixCommandError } from './exec.ts'
+import { exec, killProcessGroups, NixCommandError, processGroupsBelow } from './exec.ts'
 import { nixEnv, type NixSettings } from './nix-config.ts'
 import { exportEnd, exportHeader, exportTrailer, NarEndTracker, NarFormatError } from './nix-export-format.ts'
 import {
@@ -453,13 +453,24 @@ function exitOf (child: ChildProcess): Promise<number> {
   return p
 }
 
-/** On abort, asks nix-store to stop (it then kills its builder), and kills it after a grace time. */
+/**
+ * On abort, asks nix-store to stop (it then kills its builder), and kills it after a grace time,
+ * with every process group under it: a builder whose nix-store was killed outright would go on.
+ * Once nix-store has exited after an abort, what is left of those groups is killed too.
+ */
 function cancelOnAbort (child: ChildProcess, signal: AbortSignal | undefined): () => void {
   if (signal == null) return () => {}
   let timer: NodeJS.Timeout | undefined
+  const groups = new Set<number>()
+  const note = (): void => { for (const g of processGroupsBelow(child.pid)) groups.add(g) }
   const onAbort = (): void => {
+    note()
     child.kill('SIGTERM')
-    timer = setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS)
+    timer = setTimeout(() => {
+      note()
+      child.kill('SIGKILL')
+      killProcessGroups(groups, 'SIGKILL')
+    }, KILL_GRACE_MS)
     timer.unref()
   }
   if (signal.aborted) onAbort()
@@ -467,6 +478,7 @@ function cancelOnAbort (child: ChildProcess, signal: AbortSignal | undefined): (
   return () => {
     signal.removeEventListener('abort', onAbort)
     if (timer != null) clearTimeout(timer)
+    if (signal.aborted) killProcessGroups(groups, 'SIGKILL')
   }
 }
 

@@ -1,5 +1,6 @@
 // Running Nix's command-line tools: one place that spawns them with meshbuild's settings.
 import { spawn } from 'node:child_process'
+import { readdirSync, readFileSync } from 'node:fs'
 import { nixEnv, type NixSettings } from './nix-config.ts'
 
 export interface ExecResult {
@@ -56,4 +57,56 @@ export async function execText (cmd: string, args: string[], options: ExecOption
   const r = await exec(cmd, args, options)
   if (r.code !== 0) throw new NixCommandError(`${cmd} ${args.join(' ')}`, r.code, r.stderr)
   return r.stdout.toString('utf8')
+}
+
+/**
+ * The process groups of every descendant of `pid` but the caller's own group (Linux /proc; none
+ * elsewhere). Nix runs each builder in a session of its own, so signalling nix-store alone
+ * reaches the builder only through Nix: when nix-store itself has to be killed, the builder's
+ * children are orphaned and keep running unless their groups are killed too.
+ */
+export function processGroupsBelow (pid: number | undefined): number[] {
+  if (pid === undefined) return []
+  const procs = readProcessTable()
+  const own = procs.get(process.pid)?.pgrp
+  const children = new Map<number, number[]>()
+  for (const [p, { ppid }] of procs) children.set(ppid, [...(children.get(ppid) ?? []), p])
+  const groups = new Set<number>()
+  const stack = [...(children.get(pid) ?? [])]
+  while (stack.length > 0) {
+    const p = stack.pop() as number
+    const g = procs.get(p)?.pgrp
+    if (g !== undefined && g > 1 && g !== own) groups.add(g)
+    stack.push(...(children.get(p) ?? []))
+  }
+  return [...groups]
+}
+
+/** Sends `signal` to each process group; groups already gone are skipped. */
+export function killProcessGroups (groups: Iterable<number>, signal: NodeJS.Signals): void {
+  for (const g of groups) {
+    try {
+      process.kill(-g, signal)
+    } catch {}
+  }
+}
+
+function readProcessTable (): Map<number, { ppid: number, pgrp: number }> {
+  const out = new Map<number, { ppid: number, pgrp: number }>()
+  let entries: string[]
+  try {
+    entries = readdirSync('/proc')
+  } catch {
+    return out
+  }
+  for (const e of entries) {
+    if (!/^\d+$/.test(e)) continue
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8')
+      // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      out.set(Number(e), { ppid: Number(fields[1]), pgrp: Number(fields[2]) })
+    } catch {}
+  }
+  return out
 }

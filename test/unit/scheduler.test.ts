@@ -208,7 +208,7 @@ describe('scheduler as thief', () => {
     const item = { owner: 'o', drvPath: '/nix/store/x.drv', outputs: {}, system: 'x86_64-linux', requiredFeatures: [] }
     s.handle({ type: 'steal-reply', from: 'o', items: [item] }, 0)
     const d = s.handle({ type: 'lease-lost', owner: 'o', drvPaths: ['/nix/store/x.drv'] }, 1)
-    assert.deepEqual(d.filter(x => x.type === 'abort'), [{ type: 'abort', owner: 'o', drvPath: '/nix/store/x.drv' }])
+    assert.deepEqual(d.filter(x => x.type === 'abort'), [{ type: 'abort', owner: 'o', drvPath: '/nix/store/x.drv', reason: 'o says the lease lapsed' }])
     assert.equal(s.runningItems().length, 0)
   })
 
