@@ -6,7 +6,9 @@ export const ExitCode = {
   /** The command line itself was wrong. */
   usage: 2,
   /** The local node could not be reached. */
-  unavailable: 3
+  unavailable: 3,
+  /** submit --check-reproducible: two builds of a derivation differed (Nix's --check code). */
+  notDeterministic: 104
 } as const
 
 /** A mistake in how the command was called; exits with ExitCode.usage. */

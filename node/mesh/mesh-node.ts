@@ -6,11 +6,12 @@ import { mkdir, statfs } from 'node:fs/promises'
 import { loadavg } from 'node:os'
 import { join } from 'node:path'
 import { CliStore } from '../nix/cli-store.ts'
+import { exec } from '../nix/exec.ts'
 import type { StoreBackend } from '../nix/store-backend.ts'
 import { Scheduler, SCHEDULER_DEFAULTS, type BuildOutcome, type Decision, type SchedulerEvent } from '../scheduler/scheduler.ts'
 import { TERMINAL_STATES, type Job, type WorkItem } from '../scheduler/job.ts'
 import type { MachineCapabilities } from '../scheduler/matching.ts'
-import { BEACON_INTERVAL_MS, PEER_EXPIRY_MS, TOPIC_BEACON, TOPIC_OFFER } from '../../protocols/mesh/constants.ts'
+import { BEACON_INTERVAL_MS, OPEN_MESH_SECRET, PEER_EXPIRY_MS, TOPIC_BEACON, TOPIC_OFFER } from '../../protocols/mesh/constants.ts'
 import { LEASE, RESULT, SIGN, STEAL } from '../../protocols/mesh/request-protocols.ts'
 import type { Beacon, ResultReport, SignOffer, SignReply } from '../../protocols/mesh/messages.ts'
 import { SIGN_QUEUE_INTERVAL_MS } from '../../protocols/mesh/constants.ts'
@@ -23,20 +24,20 @@ import { startCacheServer, type CacheServer } from '../cache/cache-server.ts'
 import { cachedPaths, substituteFrom, type CacheRef } from '../cache/cache-client.ts'
 import type { CompressionName } from '../cache/compression.ts'
 import { MeshNetwork } from './network.ts'
+import type { PenaltyBoxOptions } from './penalty-box.ts'
 import { PeerTable } from './peer-table.ts'
 import { call, serve } from './rpc.ts'
 import { fetchClosure, pullNars, serveStore, toMessage } from './store-transfer.ts'
+import type { PathTrust } from './path-trust.ts'
 import { runWorkItem } from './builder.ts'
 import { planSubmission } from './planner.ts'
 import { loadOrCreateIdentity } from './identity.ts'
 import { StateDb, type SubmissionRecord } from '../state/state-db.ts'
 import type { Logger } from '../log.ts'
-import { buildReport, type SignerStatus, type StatusReport, type SubmissionReport } from './reports.ts'
+import { buildReport, type CacheStatus, type NodeFields, type SignerStatus, type StatusReport, type SubmissionReport } from './reports.ts'
 
 export interface SignerOptions {
   cacheKey: SecretKey
-  /** From --trusted-keys; without it the signer trusts the keys the mesh's nodes announce. */
-  trustedKeys?: PublicKey[]
   cacheDir: string
   /** Where the HTTP binary cache listens; none when absent. */
   cacheListen?: { host: string, port: number }
@@ -52,6 +53,8 @@ export interface NodeOptions {
   meshSecret: string
   bootstrap?: string[]
   mdns?: boolean
+  /** Overrides of the penalty box for misbehaving peers (tests; a durationMs of 0 only logs). */
+  penalties?: Partial<PenaltyBoxOptions>
   leaseMs?: number
   /** Below this many free bytes in the Nix store the node takes no work. */
   minFreeDiskBytes: number
@@ -59,12 +62,34 @@ export interface NodeOptions {
   store?: StoreBackend
   /** Makes this node the mesh's signing node, holding the shared binary cache. */
   signer?: SignerOptions
+  /**
+   * From --trusted-keys: when given, the only keys (besides this node's own) whose signatures
+   * admit a peer's paths into this store and, on the signer, a worker's outputs into the cache.
+   * Without it a peer's paths need the signature of the key that peer announces, and the signer
+   * trusts only its own key.
+   */
+  trustedKeys?: PublicKey[]
+  /** From --cache-public-key: the keys a shared cache must sign with for this node to use it. */
+  cachePublicKeys?: string[]
+  /** From --cache-url: the shared cache named directly (needs cachePublicKeys). */
+  cacheUrl?: string
+}
+
+/** The shared cache this node uses, how it was chosen, and the signers it ignores. */
+export interface CacheChoice {
+  ref?: CacheRef
+  /** The signer outputs are offered to: this node, or a peer whose cache key is configured. */
+  signer?: { peerId: string, signer: NonNullable<Beacon['signer']> }
+  reason: string
+  ignored: Array<{ peerId: string, cacheKey: string, reason: string }>
 }
 
 export interface SubmitOptions {
   priority: number
   timeout?: number
   maxSilentTime?: number
+  /** Build each job on two different peers; admit outputs only when their NAR hashes agree. */
+  checkReproducible?: boolean
 }
 
 type SubmissionListener = (report: SubmissionReport) => void
@@ -100,6 +125,8 @@ export class MeshNode {
   private nodeKey!: NodeKey
   private signQueue!: SignQueue
   private signer: Signer | undefined
+  /** Signers ignored for an unconfigured cache key, logged once each (`peer key`). */
+  private readonly ignoredSigners = new Set<string>()
   private cache: BinaryCache | undefined
   private cacheServer: CacheServer | undefined
   /** Builds this node ran, by outcome, since it started (for status and tests). */
@@ -122,7 +149,8 @@ export class MeshNode {
       meshSecret: options.meshSecret,
       log: options.log.child('net'),
       ...(options.bootstrap !== undefined ? { bootstrap: options.bootstrap } : {}),
-      ...(options.mdns !== undefined ? { mdns: options.mdns } : {})
+      ...(options.mdns !== undefined ? { mdns: options.mdns } : {}),
+      ...(options.penalties !== undefined ? { penalties: options.penalties } : {})
     })
     const node = new MeshNode(options, network)
     await node.startParts()
@@ -194,7 +222,7 @@ export class MeshNode {
       this.dispatch({ type: 'result', from, drvPath: report.drvPath, outcome: outcomeOf(report) })
       return { accepted: known }
     })
-    await serveStore(this.network, this.store, this.log.child('store'))
+    await serveStore(this.network, this.store, this.log.child('store'), this.nodeKey.secret)
 
     this.timers.push(setInterval(() => { void this.offerToSigner() }, SIGN_QUEUE_INTERVAL_MS))
     this.timers.push(setInterval(() => { this.onTick() }, TICK_MS))
@@ -232,8 +260,8 @@ export class MeshNode {
     this.signer = new Signer({
       cache: this.cache,
       cacheKey: opts.cacheKey,
-      ...(opts.trustedKeys !== undefined ? { trustedKeys: opts.trustedKeys } : {}),
-      meshKeys: () => this.meshKeys(),
+      ...(this.options.trustedKeys !== undefined ? { trustedKeys: this.options.trustedKeys } : {}),
+      selfKey: this.nodeKey.public,
       log
     })
     if (opts.cacheListen !== undefined) {
@@ -247,31 +275,76 @@ export class MeshNode {
     })
   }
 
-  /** Public keys this node and its peers announce: whom the signer trusts without a keys file. */
-  private meshKeys (): PublicKey[] {
-    const keys = [this.nodeKey.public]
-    for (const p of this.peers.list()) {
-      if (p.beacon.signingKey === undefined) continue
+  /**
+   * The keys a peer's paths must be signed with to enter this store: this node's own and those
+   * of --trusted-keys when given; otherwise this node's own and the key the peer announces.
+   */
+  private peerTrust (peerId: string): PathTrust {
+    const own = this.nodeKey.public
+    if (this.options.trustedKeys !== undefined) return { keys: [own, ...this.options.trustedKeys], policy: '--trusted-keys and this node\'s own key' }
+    const announced = this.peers.get(peerId)?.beacon.signingKey
+    const keys = [own]
+    if (announced !== undefined) {
       try {
-        keys.push(parsePublicKey(p.beacon.signingKey))
+        keys.push(parsePublicKey(announced))
       } catch {}
     }
-    return keys
+    return { keys, policy: announced === undefined ? `this node's own key (${peerId} has announced none yet)` : `the key ${peerId} announces` }
   }
 
-  /** The mesh's signer: this node, or the first peer whose beacon says it signs. */
-  private signerPeer (): { peerId: string, signer: NonNullable<Beacon['signer']> } | undefined {
+  /**
+   * The shared cache and its signer, from this node's own configuration only: this node when it
+   * is the signer; else the signer peer whose beacon's cache key is one of --cache-public-key;
+   * --cache-url names the cache directly. A signer announcing another key is ignored.
+   */
+  cacheChoice (): CacheChoice {
+    const ignored: CacheChoice['ignored'] = []
     const self = this.selfSigner()
-    if (self !== undefined) return { peerId: this.peerId, signer: self }
-    for (const p of this.peers.list()) if (p.beacon.signer !== undefined) return { peerId: p.peerId, signer: p.beacon.signer }
-    return undefined
+    if (self !== undefined) {
+      const url = self.cacheUrls[0]
+      return {
+        ...(url !== undefined ? { ref: { url, publicKey: self.cacheKey } } : {}),
+        signer: { peerId: this.peerId, signer: self },
+        reason: 'this node is the signer',
+        ignored
+      }
+    }
+    const configured = new Set(this.options.cachePublicKeys ?? [])
+    let signer: CacheChoice['signer']
+    for (const p of this.peers.list()) {
+      const b = p.beacon.signer
+      if (b === undefined) continue
+      if (!configured.has(b.cacheKey)) {
+        ignored.push({ peerId: p.peerId, cacheKey: b.cacheKey, reason: configured.size === 0 ? 'no --cache-public-key is configured' : 'its cache key is not one of --cache-public-key' })
+        continue
+      }
+      signer ??= { peerId: p.peerId, signer: b }
+    }
+    for (const i of ignored) {
+      const key = `${i.peerId} ${i.cacheKey}`
+      if (this.ignoredSigners.has(key)) continue
+      this.ignoredSigners.add(key)
+      this.log.warn(`ignoring the signer ${i.peerId}: it announces cache key ${i.cacheKey}, and ${i.reason}`)
+    }
+    const keys = [...configured].join(' ')
+    if (this.options.cacheUrl !== undefined && keys !== '') {
+      return { ref: { url: this.options.cacheUrl, publicKey: keys }, ...(signer !== undefined ? { signer } : {}), reason: '--cache-url', ignored }
+    }
+    const url = signer?.signer.cacheUrls[0]
+    if (signer !== undefined) {
+      return { ...(url !== undefined ? { ref: { url, publicKey: signer.signer.cacheKey } } : {}), signer, reason: 'its cache key is configured (--cache-public-key)', ignored }
+    }
+    return { reason: configured.size === 0 ? 'no --cache-public-key is configured' : 'no signer with a configured cache key is online', ignored }
   }
 
-  /** The shared cache as a substituter, when a signer with an HTTP cache is known. */
+  /** The mesh's signer as this node's configuration admits it (see cacheChoice). */
+  private signerPeer (): { peerId: string, signer: NonNullable<Beacon['signer']> } | undefined {
+    return this.cacheChoice().signer
+  }
+
+  /** The shared cache as a substituter, when one is configured or a trusted signer serves one. */
   private cacheRef (): CacheRef | undefined {
-    const s = this.signerPeer()
-    const url = s?.signer.cacheUrls[0]
-    return s === undefined || url === undefined ? undefined : { url, publicKey: s.signer.cacheKey }
+    return this.cacheChoice().ref
   }
 
   /** Offers what this node built to the signer; with none online the outputs keep waiting. */
@@ -355,7 +428,13 @@ export class MeshNode {
     const now = Date.now()
     const self = this.beacon()
     return {
-      self: { peerId: this.peerId, ...this.statusFields(self), addresses: this.network.addresses(), lastSeen: new Date(now).toISOString() },
+      self: {
+        peerId: this.peerId,
+        ...this.statusFields(self),
+        addresses: this.network.addresses(),
+        lastSeen: new Date(now).toISOString(),
+        membership: this.options.meshSecret === OPEN_MESH_SECRET ? 'open' : 'closed'
+      },
       peers: this.peers.list().map(p => ({
         peerId: p.peerId,
         ...this.statusFields(p.beacon),
@@ -364,17 +443,25 @@ export class MeshNode {
       })),
       submissions: this.scheduler.submissionIds().map(id => {
         const r = this.submissionReport(id)
-        return { id, state: r?.state ?? 'running', counts: r?.counts ?? {}, submittedAt: new Date(this.scheduler.submission(id)?.submittedAt ?? 0).toISOString() }
+        const awaiting = (r?.results ?? []).filter(x => x.check?.awaiting !== undefined).length
+        return {
+          id, state: r?.state ?? 'running', counts: r?.counts ?? {}, submittedAt: new Date(this.scheduler.submission(id)?.submittedAt ?? 0).toISOString(),
+          ...(awaiting > 0 ? { awaitingSecondBuilder: awaiting } : {})
+        }
       }),
       counters: { ...this.counters },
+      penalties: this.network.penalties(),
+      refusedStreams: this.network.refusedStreams(),
       signQueue: this.signQueue.pending(),
       ...this.signerStatus()
     }
   }
 
-  private signerStatus (): { signer?: SignerStatus } {
-    const target = this.signerPeer()
-    if (target === undefined) return {}
+  private signerStatus (): { signer?: SignerStatus, cache: CacheStatus } {
+    const choice = this.cacheChoice()
+    const cache: CacheStatus = { reason: choice.reason, ignored: choice.ignored, ...(choice.ref !== undefined ? { url: choice.ref.url } : {}) }
+    const target = choice.signer
+    if (target === undefined) return { cache }
     const { hits, misses } = target.signer
     const status: SignerStatus = {
       peerId: target.peerId,
@@ -390,10 +477,10 @@ export class MeshNode {
       status.trust = { policy: this.signer.trustPolicy(), keys: this.signer.trusted().map(k => formatPublicKey(k)) }
       status.rejections = this.signer.rejections()
     }
-    return { signer: status }
+    return { signer: status, cache }
   }
 
-  private statusFields (b: Beacon): Omit<StatusReport['self'], 'peerId' | 'addresses' | 'lastSeen'> {
+  private statusFields (b: Beacon): Omit<NodeFields, 'peerId' | 'addresses' | 'lastSeen'> {
     return {
       systems: b.systems,
       features: b.features,
@@ -421,11 +508,13 @@ export class MeshNode {
   private execute (d: Decision): void {
     switch (d.type) {
       case 'build': this.startBuild(d.item); break
-      case 'abort': this.builds.get(runKey(d.owner, d.drvPath))?.abort(new Error('lease lost')); break
+      case 'abort': this.abortBuild(d.owner, d.drvPath, d.reason); break
       case 'steal': void this.steal(d.from, d.want); break
       case 'renew': void this.renew(d.owner, d.drvPaths); break
       case 'report': void this.report(d.owner, d.drvPath, d.outcome); break
-      case 'import': void this.importOutputs(d.from, d.drvPath, d.outputs); break
+      case 'import': void this.importOutputs(d.from, d.drvPath, d.outputs, d.narHashes); break
+      case 'sign': this.signQueue.add(d.paths); break
+      case 'discard': void this.discardOutputs(d.drvPath, d.paths); break
       case 'job-changed': this.jobChanged(d.job); break
       case 'submission-finished': this.submissionFinished(d.id, d.ok); break
       case 'grant': case 'renew-reply': break // answered by the protocol handler that asked
@@ -465,13 +554,18 @@ export class MeshNode {
       log: this.log.child('build'),
       logDir: join(this.options.dataDir, 'logs'),
       systemFeatures: allFeatures(this.options.capabilities),
-      cache: () => this.cacheRef()
-    }, item, controller.signal).then((outcome) => {
+      cache: () => this.cacheRef(),
+      trust: (peer: string) => this.peerTrust(peer)
+    }, item, controller.signal).then(async (outcome) => {
       this.builds.delete(key)
       if (controller.signal.aborted) return
       if (outcome.ok) {
         this.counters.built++
-        this.signQueue.add(Object.values(outcome.outputs))
+        // A checked job's outputs reach the signer only once two builders agree (the owner queues them).
+        if (item.check !== true) this.signQueue.add(Object.values(outcome.outputs))
+        // On disk before the owner hears of it: a worker killed right after its report would
+        // otherwise lose the output from its sign queue, and the cache would never get it.
+        await this.db.flush()
       } else {
         this.counters.failed++
       }
@@ -494,22 +588,35 @@ export class MeshNode {
   }
 
   private async renew (owner: string, drvPaths: string[]): Promise<void> {
+    const requestedAt = Date.now()
     try {
       const reply = await call(this.network, owner, LEASE, { renew: drvPaths })
+      const lost = new Set(reply.lost)
+      const held = drvPaths.filter(p => !lost.has(p))
+      if (held.length > 0) this.dispatch({ type: 'lease-renewed', owner, drvPaths: held, requestedAt })
       if (reply.lost.length > 0) {
         this.log.warn(`${owner} says ${reply.lost.length} lease(s) lapsed; aborting those builds`)
         this.dispatch({ type: 'lease-lost', owner, drvPaths: reply.lost })
       }
     } catch (err) {
-      // The owner may be restarting; keep building and try again at the next renewal.
+      // The owner may be restarting; keep building and try again at the next renewal. The
+      // scheduler aborts the build if no renewal is confirmed for a whole lease.
       this.log.debug(`renewing leases with ${owner} failed: ${(err as Error).message}`)
     }
+  }
+
+  /** Stops a build whose lease is gone: its nix-store and the builder's processes are killed. */
+  private abortBuild (owner: string, drvPath: string, reason: string): void {
+    const build = this.builds.get(runKey(owner, drvPath))
+    if (build === undefined) return
+    this.log.warn(`aborting the build of ${drvPath} for ${owner}: ${reason}`)
+    build.abort(new Error(`lease lost: ${reason}`))
   }
 
   /** Tells the owner how a stolen job went, retrying while the owner is unreachable. */
   private async report (owner: string, drvPath: string, outcome: BuildOutcome): Promise<void> {
     const report: ResultReport = outcome.ok
-      ? { drvPath, ok: true, outputs: outcome.outputs }
+      ? { drvPath, ok: true, outputs: outcome.outputs, ...(outcome.narHashes !== undefined ? { narHashes: outcome.narHashes } : {}) }
       : { drvPath, ok: false, failure: { ...outcome.failure, logTail: outcome.failure.logTail?.slice(-40).map(l => l.slice(0, 4000)) } }
     const deadline = Date.now() + REPORT_GIVE_UP_MS
     while (!this.stopping) {
@@ -527,15 +634,31 @@ export class MeshNode {
     }
   }
 
-  private async importOutputs (from: string, drvPath: string, outputs: Record<string, string>): Promise<void> {
+  private async importOutputs (from: string, drvPath: string, outputs: Record<string, string>, narHashes?: Record<string, string>): Promise<void> {
     try {
-      const r = await fetchClosure(this.network, this.store, from, Object.values(outputs))
+      // A checked job: what `from` serves must have the NAR hashes both builders agreed on.
+      const expectNarHashes = narHashes === undefined ? undefined : Object.fromEntries(Object.entries(outputs).flatMap(([n, p]) => narHashes[n] !== undefined ? [[p, narHashes[n]]] : []))
+      // Only what `from` (or a key of --trusted-keys) signed is imported; anything else and the
+      // result is refused: nothing enters the store and the job is built again elsewhere.
+      const r = await fetchClosure(this.network, this.store, from, Object.values(outputs), undefined, { trust: this.peerTrust(from), ...(expectNarHashes !== undefined ? { expectNarHashes } : {}) })
       this.log.info(`${drvPath} built by ${from}; fetched ${r.imported.length} path(s), ${r.bytes} bytes`)
       this.dispatch({ type: 'import-finished', from, drvPath })
     } catch (err) {
-      this.log.warn(`fetching outputs of ${drvPath} from ${from} failed: ${(err as Error).message}`)
-      this.dispatch({ type: 'import-finished', from, drvPath, error: (err as Error).message })
+      const e = err as Error
+      // An UntrustedPath names the path and why its signature was refused.
+      this.log.warn(`fetching outputs of ${drvPath} from ${from} failed: ${e.message}`)
+      this.dispatch({ type: 'import-finished', from, drvPath, error: e.message })
     }
+  }
+
+  /**
+   * Removes from this store the outputs of a checked job built here whose other build differed,
+   * so nothing of it is used or cached. A path something else references stays (Nix refuses).
+   */
+  private async discardOutputs (drvPath: string, paths: string[]): Promise<void> {
+    const r = await exec('nix-store', ['--delete', ...paths]).catch((err: unknown) => ({ code: -1, stderr: (err as Error).message }))
+    if (r.code === 0) this.log.warn(`${drvPath} is not deterministic: deleted its outputs built here (${paths.join(', ')})`)
+    else this.log.warn(`${drvPath} is not deterministic; deleting its outputs built here failed: ${r.stderr.trim().split('\n').slice(-1)[0] ?? ''}`)
   }
 
   private jobChanged (job: Job): void {
@@ -648,7 +771,7 @@ function allFeatures (caps: MachineCapabilities): string[] {
 }
 
 function outcomeOf (report: ResultReport): BuildOutcome {
-  if (report.ok) return { ok: true, outputs: report.outputs ?? {} }
+  if (report.ok) return { ok: true, outputs: report.outputs ?? {}, ...(report.narHashes !== undefined ? { narHashes: report.narHashes } : {}) }
   return { ok: false, failure: report.failure ?? { kind: 'transient', message: 'worker gave no reason' } }
 }
 

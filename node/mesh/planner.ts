@@ -15,6 +15,8 @@ export interface PlanOptions {
   timeout?: number
   maxSilentTime?: number
   now: number
+  /** Build every job on two different peers and compare (--check-reproducible). */
+  checkReproducible?: boolean
   /** Asks the shared cache (when there is one) which output paths it can substitute. */
   substitutable?: (paths: string[]) => Promise<Set<string>>
 }
@@ -77,6 +79,7 @@ export async function planSubmission (store: StoreBackend, requested: string[], 
     priority: options.priority,
     ...(options.timeout !== undefined ? { timeout: options.timeout } : {}),
     ...(options.maxSilentTime !== undefined ? { maxSilentTime: options.maxSilentTime } : {}),
+    ...(options.checkReproducible === true ? { check: true } : {}),
     submittedAt: options.now
   }
 }

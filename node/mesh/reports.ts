@@ -1,5 +1,5 @@
 // What `meshbuild status` and `meshbuild submit` show: the shapes of their --json output.
-import type { FailureKind, Job, Submission } from '../scheduler/job.ts'
+import type { CheckBuild, FailureKind, Job, Submission } from '../scheduler/job.ts'
 
 /** A job's state as users see it. */
 export type ResultState = 'built' | 'substituted' | 'failed' | 'dependency-failed' | 'running' | 'queued' | 'waiting'
@@ -15,6 +15,11 @@ export interface JobResult {
   /** Peer id of the node building it now. */
   worker?: string
   failure?: { kind: FailureKind, message: string, logTail?: string[] }
+  /**
+   * Submitted with --check-reproducible: each successful build so far (builder, NAR hash per
+   * output), and, while one build is in, that the job awaits a second builder.
+   */
+  check?: { builds: CheckBuild[], awaiting?: 'second-builder' }
 }
 
 export interface SubmissionReport {
@@ -58,15 +63,37 @@ export interface SignerStatus {
   rejections?: Array<{ path: string, from: string, reason: string, permanent: boolean, at: string }>
 }
 
+/** The shared cache as this node chose it (from its own configuration only). */
+export interface CacheStatus {
+  /** The cache URL substituted from; absent when none is usable. */
+  url?: string
+  reason: string
+  /** Signers whose announced cache key is not configured here, and why they are ignored. */
+  ignored: Array<{ peerId: string, cacheKey: string, reason: string }>
+}
+
+/**
+ * Who may join this node's mesh: 'closed', only nodes holding its mesh secret file; 'open'
+ * (join --open), any meshbuild node on the network also started with --open.
+ */
+export type Membership = 'closed' | 'open'
+
 export interface StatusReport {
-  self: NodeFields
+  self: NodeFields & { membership: Membership }
   peers: NodeFields[]
-  /** The mesh's signer, when one is known. */
+  /** The mesh's signer, when one this node's configuration admits is known (see `cache`). */
   signer?: SignerStatus
+  /** Which shared cache this node substitutes from and why, and the signers it ignores. */
+  cache?: CacheStatus
   /** Outputs built here that the signer has not stored yet. */
   signQueue: number
-  submissions: Array<{ id: string, state: SubmissionReport['state'], counts: SubmissionReport['counts'], submittedAt: string }>
+  /** awaitingSecondBuilder: checked jobs built once, waiting for a peer that has not built them. */
+  submissions: Array<{ id: string, state: SubmissionReport['state'], counts: SubmissionReport['counts'], submittedAt: string, awaitingSecondBuilder?: number }>
   counters: { built: number, failed: number, stolen: number }
+  /** Peers this node has cut off for misbehaving (a wrong NAR, malformed messages), until when. */
+  penalties: Array<{ peer: string, reason: string, since: string, until: string, count: number }>
+  /** Inbound streams refused per protocol because a peer opened them too fast, since start. */
+  refusedStreams: Record<string, number>
 }
 
 const SHOWN: Record<Job['state'], ResultState> = {
@@ -93,7 +120,8 @@ export function buildReport (s: Submission, jobs: Job[], finished: boolean): Sub
       outputs: j.outputs,
       ...(j.builtBy !== undefined ? { builtBy: j.builtBy } : {}),
       ...(state === 'running' && j.worker !== undefined ? { worker: j.worker } : {}),
-      ...((state === 'failed' || state === 'dependency-failed') && j.failure !== undefined ? { failure: j.failure } : {})
+      ...((state === 'failed' || state === 'dependency-failed') && j.failure !== undefined ? { failure: j.failure } : {}),
+      ...(j.check === true ? { check: checkOf(j) } : {})
     }
   })
   const failed = (counts.failed ?? 0) + (counts['dependency-failed'] ?? 0) > 0
@@ -104,4 +132,11 @@ export function buildReport (s: Submission, jobs: Job[], finished: boolean): Sub
     counts,
     results
   }
+}
+
+function checkOf (j: Job): NonNullable<JobResult['check']> {
+  const builds = j.checkBuilds ?? []
+  // One build in and the job back in the deque: only a peer that has not built it may take it.
+  const awaiting = builds.length === 1 && (j.state === 'ready' || j.state === 'waiting')
+  return { builds, ...(awaiting ? { awaiting: 'second-builder' as const } : {}) }
 }

@@ -23,6 +23,15 @@ export type FailureKind =
 
 export const PERMANENT_FAILURES: ReadonlySet<FailureKind> = new Set(['build-failed', 'timed-out', 'hash-mismatch', 'not-deterministic'])
 
+/**
+ * One successful build of a job that must be built twice (--check-reproducible): who built it
+ * and the NAR hash of each output, by output name (`sha256:<nix32>`).
+ */
+export interface CheckBuild {
+  builtBy: string
+  narHashes: Record<string, string>
+}
+
 export interface Failure {
   kind: FailureKind
   message: string
@@ -57,6 +66,13 @@ export interface Job extends JobSpec {
   attempts: number
   builtBy?: string
   failure?: Failure
+  /**
+   * Built on two different peers and admitted only if their NAR hashes agree. Until the second
+   * build the job is ready again, offered only to peers not in checkBuilds.
+   */
+  check?: boolean
+  /** With check: the successful builds so far, first one first (at most two). */
+  checkBuilds?: CheckBuild[]
   /** Submissions that asked for this job (directly or as a dependency). */
   submissions: string[]
 }
@@ -72,6 +88,8 @@ export interface SubmissionSpec {
   priority: number
   timeout?: number
   maxSilentTime?: number
+  /** Build every job on two different peers and compare (--check-reproducible). */
+  check?: boolean
   submittedAt: number
 }
 
@@ -93,4 +111,6 @@ export interface WorkItem {
   requiredFeatures: string[]
   timeout?: number
   maxSilentTime?: number
+  /** A checked job: the worker reports its outputs' NAR hashes and does not offer them to the signer. */
+  check?: boolean
 }

@@ -11,7 +11,7 @@ import { criticalPaths } from './critical-path.ts'
 import { seededRandom } from './random.ts'
 import {
   PERMANENT_FAILURES, TERMINAL_STATES,
-  type Failure, type Job, type JobState, type Submission, type SubmissionSpec, type WorkItem
+  type CheckBuild, type Failure, type Job, type JobState, type Submission, type SubmissionSpec, type WorkItem
 } from './job.ts'
 
 export interface SchedulerConfig {
@@ -53,7 +53,8 @@ export interface PeerView {
 }
 
 export type BuildOutcome =
-  | { ok: true, outputs: Record<string, string> }
+  // narHashes (output name -> sha256:<nix32>): reported for checked jobs.
+  | { ok: true, outputs: Record<string, string>, narHashes?: Record<string, string> }
   | { ok: false, failure: Failure }
 
 export type SchedulerEvent =
@@ -73,23 +74,33 @@ export type SchedulerEvent =
   | { type: 'steal-reply', from: string, items: WorkItem[] }
   | { type: 'steal-failed', from: string, error: string }
   | { type: 'lease-lost', owner: string, drvPaths: string[] }
+  // The owner confirmed these leases in reply to a renewal sent at `requestedAt` (ms, the
+  // caller's clock): the owner's lease runs at least leaseMs from then.
+  | { type: 'lease-renewed', owner: string, drvPaths: string[], requestedAt: number }
   | { type: 'build-finished', owner: string, drvPath: string, outcome: BuildOutcome }
 
 export type Decision =
   | { type: 'build', item: WorkItem }
-  | { type: 'abort', owner: string, drvPath: string }
+  | { type: 'abort', owner: string, drvPath: string, reason: string }
   | { type: 'steal', from: string, want: number }
   | { type: 'grant', requestId: string, to: string, items: WorkItem[], leaseMs: number }
   | { type: 'renew', owner: string, drvPaths: string[] }
   | { type: 'renew-reply', requestId: string, to: string, lost: string[] }
   | { type: 'report', owner: string, drvPath: string, outcome: BuildOutcome }
-  | { type: 'import', from: string, drvPath: string, outputs: Record<string, string> }
+  // narHashes, for a checked job: the hashes both builders agreed on; the served outputs must match them.
+  | { type: 'import', from: string, drvPath: string, outputs: Record<string, string>, narHashes?: Record<string, string> }
+  // A checked job's outputs, agreed by two builders and valid here: queue them for the signer.
+  | { type: 'sign', drvPath: string, paths: string[] }
+  // A checked job's outputs built here differ from another peer's build: remove them from this store.
+  | { type: 'discard', drvPath: string, paths: string[] }
   | { type: 'job-changed', job: Job }
   | { type: 'submission-finished', id: string, ok: boolean }
 
 interface Running {
   item: WorkItem
   lastRenew: number
+  /** When the lease last held for certain: the grant, or the sending of an acknowledged renewal. */
+  lastAck: number
 }
 
 const SUCCESS: ReadonlySet<JobState> = new Set(['built', 'substituted'])
@@ -132,6 +143,7 @@ export class Scheduler {
       case 'steal-reply': this.onStealReply(event.from, event.items); break
       case 'steal-failed': this.onStealFailed(event.from); break
       case 'lease-lost': this.onLeaseLost(event.owner, event.drvPaths); break
+      case 'lease-renewed': this.onLeaseRenewed(event.owner, event.drvPaths, event.requestedAt); break
       case 'build-finished': this.onBuildFinished(event.owner, event.drvPath, event.outcome); break
     }
     this.schedule()
@@ -213,6 +225,8 @@ export class Scheduler {
         existing.priority = Math.min(existing.priority, spec.priority)
         existing.criticalPath = Math.max(existing.criticalPath, criticalPath)
         if (!existing.submissions.includes(spec.id)) existing.submissions.push(spec.id)
+        // A job not started yet can still be checked; one already building is not built again.
+        if (spec.check === true && (existing.state === 'waiting' || existing.state === 'ready')) existing.check = true
         this.changed(existing)
         continue
       }
@@ -228,6 +242,7 @@ export class Scheduler {
         criticalPath,
         timeout: spec.timeout,
         maxSilentTime: spec.maxSilentTime,
+        ...(spec.check === true ? { check: true } : {}),
         attempts: 0,
         submissions: [...new Set([...(existing?.submissions ?? []), spec.id])]
       }
@@ -258,7 +273,7 @@ export class Scheduler {
         job.leaseExpires = this.now + this.config.leaseMs
       } else if (job.state === 'importing' && job.worker !== undefined) {
         // Built elsewhere; fetch the outputs again rather than build again.
-        this.out.push({ type: 'import', from: job.worker, drvPath: job.drvPath, outputs: job.outputs })
+        this.out.push(this.importDecision(job, job.worker))
       }
       this.jobs.set(job.drvPath, job)
     }
@@ -268,7 +283,8 @@ export class Scheduler {
   }
 
   private onStealRequest (requestId: string, from: string, capabilities: MachineCapabilities, want: number): void {
-    const candidates = [...this.jobs.values()].filter(j => j.state === 'ready' && canBuild(capabilities, j))
+    // A checked job goes only to a peer that has not built it yet.
+    const candidates = [...this.jobs.values()].filter(j => j.state === 'ready' && canBuild(capabilities, j) && !builtBefore(j, from))
     // Priority first; then jobs whose inputs the thief built (it holds them already); then the
     // longest remaining path.
     const affinity = (j: Job): number => j.inputJobs.filter(i => this.jobs.get(i)?.builtBy === from).length
@@ -323,6 +339,10 @@ export class Scheduler {
     // that holder's result is the one awaited: a stray or forged report cannot take it over.
     if (!(job.grantedTo ?? []).includes(from)) return
     if (job.state === 'leased' && job.worker !== from) return
+    if (outcome.ok && job.check === true) {
+      this.checkedSuccess(job, from, outcome)
+      return
+    }
     if (outcome.ok) {
       job.state = 'importing'
       job.worker = from
@@ -340,6 +360,8 @@ export class Scheduler {
     const job = this.jobs.get(drvPath)
     if (job?.state !== 'importing' || job.worker !== from) return
     if (error !== undefined) {
+      // That build is not admitted: another peer may take its place as the second builder.
+      if (job.checkBuilds !== undefined) job.checkBuilds = job.checkBuilds.filter(b => b.builtBy !== from)
       this.fail(job, { kind: 'transient', message: `fetching outputs from ${from} failed: ${error}` })
       return
     }
@@ -362,7 +384,7 @@ export class Scheduler {
       return
     }
     for (const item of items) {
-      this.running.set(runKey(item.owner, item.drvPath), { item, lastRenew: this.now })
+      this.running.set(runKey(item.owner, item.drvPath), { item, lastRenew: this.now, lastAck: this.now })
       this.out.push({ type: 'build', item })
     }
   }
@@ -374,7 +396,14 @@ export class Scheduler {
 
   private onLeaseLost (owner: string, drvPaths: string[]): void {
     for (const p of drvPaths) {
-      if (this.running.delete(runKey(owner, p))) this.out.push({ type: 'abort', owner, drvPath: p })
+      if (this.running.delete(runKey(owner, p))) this.out.push({ type: 'abort', owner, drvPath: p, reason: `${owner} says the lease lapsed` })
+    }
+  }
+
+  private onLeaseRenewed (owner: string, drvPaths: string[], requestedAt: number): void {
+    for (const p of drvPaths) {
+      const r = this.running.get(runKey(owner, p))
+      if (r !== undefined) r.lastAck = Math.max(r.lastAck, requestedAt)
     }
   }
 
@@ -386,7 +415,8 @@ export class Scheduler {
     }
     const job = this.jobs.get(drvPath)
     if (job === undefined || job.state !== 'leased' || job.worker !== this.config.selfId) return
-    if (outcome.ok) this.succeed(job, this.config.selfId)
+    if (outcome.ok && job.check === true) this.checkedSuccess(job, this.config.selfId, outcome)
+    else if (outcome.ok) this.succeed(job, this.config.selfId)
     else this.fail(job, outcome.failure)
   }
 
@@ -397,6 +427,14 @@ export class Scheduler {
       if (job.state === 'leased' && job.worker !== this.config.selfId && (job.leaseExpires ?? Infinity) <= this.now) {
         this.fail(job, { kind: 'transient', message: `lease held by ${job.worker ?? '?'} lapsed` })
       }
+    }
+    // A stolen build whose lease nobody confirmed for a whole lease (this node was stopped, or
+    // cut off from the owner) has been handed to another peer by now: stop it rather than run
+    // two copies; the owner drops a late result anyway.
+    for (const [key, r] of this.running) {
+      if (r.item.owner === this.config.selfId || this.now - r.lastAck < this.config.leaseMs) continue
+      this.running.delete(key)
+      this.out.push({ type: 'abort', owner: r.item.owner, drvPath: r.item.drvPath, reason: `no renewal confirmed for ${this.now - r.lastAck} ms, longer than the lease` })
     }
     const due = new Map<string, string[]>()
     for (const r of this.running.values()) {
@@ -416,7 +454,7 @@ export class Scheduler {
     let free = this.config.maxJobs - this.running.size
     if (free <= 0) return
     const mine = [...this.jobs.values()]
-      .filter(j => j.state === 'ready' && canBuild(this.config.capabilities, j))
+      .filter(j => j.state === 'ready' && canBuild(this.config.capabilities, j) && !builtBefore(j, this.config.selfId))
       .sort((a, b) => a.priority - b.priority || b.criticalPath - a.criticalPath)
     for (const job of mine) {
       if (free <= 0) break
@@ -425,7 +463,7 @@ export class Scheduler {
       delete job.leaseExpires
       this.changed(job)
       const item = this.workItem(job)
-      this.running.set(runKey(item.owner, item.drvPath), { item, lastRenew: this.now })
+      this.running.set(runKey(item.owner, item.drvPath), { item, lastRenew: this.now, lastAck: this.now })
       this.out.push({ type: 'build', item })
       free--
     }
@@ -452,6 +490,62 @@ export class Scheduler {
     return best[Math.floor(this.random() * best.length)]
   }
 
+  /**
+   * A successful build of a checked job, by this node or a peer. The first is recorded and the
+   * job goes back to the deque for another peer; the second is compared with it: the same NAR
+   * hashes admit the outputs (fetched from the second builder unless built here), different
+   * ones fail the job as not deterministic, and nothing of it is imported.
+   */
+  private checkedSuccess (job: Job, by: string, outcome: { outputs: Record<string, string>, narHashes?: Record<string, string> }): void {
+    const builds = job.checkBuilds ?? []
+    // The same peer twice proves nothing (a repeated report): ignored.
+    if (builds.some(b => b.builtBy === by)) return
+    const hashes = outcome.narHashes
+    const names = Object.keys(job.outputs).sort()
+    if (hashes === undefined || !sameList(Object.keys(hashes).sort(), names)) {
+      if (job.worker === by) this.fail(job, { kind: 'transient', message: `${by} reported no NAR hash for some output of a checked build` })
+      return
+    }
+    const build: CheckBuild = { builtBy: by, narHashes: { ...hashes } }
+    const first = builds[0]
+    if (first === undefined) {
+      job.checkBuilds = [build]
+      job.state = 'ready'
+      delete job.worker
+      delete job.leaseExpires
+      this.changed(job)
+      return
+    }
+    job.checkBuilds = [first, build]
+    const differing = names.filter(n => first.narHashes[n] !== hashes[n])
+    if (differing.length === 0) {
+      if (by === this.config.selfId) {
+        this.succeed(job, by)
+        return
+      }
+      job.state = 'importing'
+      job.worker = by
+      delete job.leaseExpires
+      this.changed(job)
+      this.out.push(this.importDecision(job, by))
+      return
+    }
+    const builtHere = first.builtBy === this.config.selfId || by === this.config.selfId
+    const paths = Object.values(job.outputs)
+    const detail = differing.map(n => `${n}: ${first.narHashes[n] ?? '?'} (${first.builtBy}) vs ${hashes[n] ?? '?'} (${by})`).join('; ')
+    this.fail(job, {
+      kind: 'not-deterministic',
+      message: `derivation ${job.drvPath} may not be deterministic: built by ${first.builtBy} and ${by} with different NAR hashes: ${detail}; ` +
+        `nothing was imported or cached${builtHere ? '; the copy built here is deleted from this store' : ''}`
+    })
+    if (builtHere) this.out.push({ type: 'discard', drvPath: job.drvPath, paths })
+  }
+
+  private importDecision (job: Job, from: string): Extract<Decision, { type: 'import' }> {
+    const agreed = job.check === true ? job.checkBuilds?.[0]?.narHashes : undefined
+    return { type: 'import', from, drvPath: job.drvPath, outputs: job.outputs, ...(agreed !== undefined ? { narHashes: agreed } : {}) }
+  }
+
   private succeed (job: Job, builtBy: string): void {
     job.state = 'built'
     job.builtBy = builtBy
@@ -459,6 +553,8 @@ export class Scheduler {
     delete job.leaseExpires
     delete job.failure
     this.changed(job)
+    // Workers do not offer a checked job's outputs to the signer; the owner does, once agreed.
+    if (job.check === true) this.out.push({ type: 'sign', drvPath: job.drvPath, paths: Object.values(job.outputs) })
     for (const d of this.dependentsOf(job.drvPath)) if (d.state === 'waiting') this.updateReadiness(d)
     this.checkSubmissionsOf(job)
   }
@@ -551,7 +647,8 @@ export class Scheduler {
       system: job.system,
       requiredFeatures: job.requiredFeatures,
       ...(job.timeout !== undefined ? { timeout: job.timeout } : {}),
-      ...(job.maxSilentTime !== undefined ? { maxSilentTime: job.maxSilentTime } : {})
+      ...(job.maxSilentTime !== undefined ? { maxSilentTime: job.maxSilentTime } : {}),
+      ...(job.check === true ? { check: true } : {})
     }
   }
 
@@ -562,4 +659,13 @@ export class Scheduler {
 
 function runKey (owner: string, drvPath: string): string {
   return `${owner}\n${drvPath}`
+}
+
+/** A checked job that `peer` built already (successfully): it may not build it again. */
+function builtBefore (job: Job, peer: string): boolean {
+  return job.check === true && (job.checkBuilds ?? []).some(b => b.builtBy === peer)
+}
+
+function sameList (a: string[], b: string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
 }

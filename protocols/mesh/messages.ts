@@ -1,6 +1,6 @@
 // Every message of the mesh: its type and its validator. docs/protocols.md describes each one.
 import { arr, bool, int, num, obj, oneOf, optional, record, str, validator } from './schema.ts'
-import { MAX_BUILDING_LISTED, MAX_LIST_ITEMS } from './constants.ts'
+import { MAX_BUILDING_LISTED, MAX_LIST_ITEMS, MAX_PATH_SIGNATURES } from './constants.ts'
 
 const STORE_PATH = /^\/nix\/store\/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]{1,211}$/
 const storePath = str(260, STORE_PATH)
@@ -8,6 +8,7 @@ const name = str(128, /^[A-Za-z0-9_.+-]+$/)
 const names = arr(name, 64)
 const multiaddr = str(256)
 const nixKey = str(256, /^[^:\s]+:[A-Za-z0-9+/=]+$/)
+const narHash = str(128, /^sha256:[0-9a-z]+$/)
 
 // --- gossip ----------------------------------------------------------------------------------
 
@@ -60,7 +61,9 @@ const checkWorkItem = obj({
   system: name,
   requiredFeatures: names,
   timeout: optional(int(1)),
-  maxSilentTime: optional(int(1))
+  maxSilentTime: optional(int(1)),
+  /** Built on two peers and compared (--check-reproducible): report NAR hashes, do not offer to the signer. */
+  check: optional(bool)
 })
 export const validateStealGrant = validator('steal grant', obj({
   leaseMs: int(1000, 3_600_000),
@@ -89,6 +92,8 @@ export const validateResultReport = validator('result report', obj({
   drvPath: storePath,
   ok: bool,
   outputs: optional(record(storePath, 64, name)),
+  /** For a checked job: output name -> NAR hash of the output as built. */
+  narHashes: optional(record(narHash, 64, name)),
   failure: optional(obj({
     kind: oneOf(FAILURE_KINDS),
     message: str(4096),
@@ -114,7 +119,7 @@ export const checkPathInfo = obj({
   narSize: int(1),
   references: arr(storePath, MAX_LIST_ITEMS),
   deriver: optional(storePath),
-  signatures: optional(arr(str(512), 16)),
+  signatures: optional(arr(str(512), MAX_PATH_SIGNATURES)),
   ca: optional(str(512))
 })
 export type PathInfoMessage = ReturnType<typeof checkPathInfo>

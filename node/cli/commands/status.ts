@@ -55,6 +55,12 @@ export function renderStatus (s: StatusReport, now: Date): string {
   for (const p of s.peers) rows.push(row(p, false))
   let out = table(rows)
   out += '\n'
+  // Older nodes' reports lack membership.
+  if (s.self.membership === 'open') {
+    out += 'Membership: OPEN (--open): any meshbuild node on this network started with --open can join, take and return jobs, and submit builds here\n'
+  } else if (s.self.membership === 'closed') {
+    out += 'Membership: closed: only nodes holding this node\'s mesh secret file can connect\n'
+  }
   if (s.signer === undefined) {
     out += `Signer: none online${s.signQueue > 0 ? `; ${s.signQueue} output(s) of this node wait for one` : ''}\n`
   } else {
@@ -62,11 +68,21 @@ export function renderStatus (s: StatusReport, now: Date): string {
     const rate = g.hitRate === null ? 'no lookups yet' : `hit rate ${(g.hitRate * 100).toFixed(0)}% of ${g.hits + g.misses} lookups`
     out += `Signer: ${shortId(g.peerId)}${g.peerId === s.self.peerId ? ' (self)' : ''}  cache ${g.cacheUrls[0] ?? '(no HTTP)'}  ${g.paths} paths, ${(g.narBytes / 1048576).toFixed(1)} MiB of NARs, ${rate}\n`
     out += `  key ${g.cacheKey}${s.signQueue > 0 ? `; ${s.signQueue} output(s) of this node not yet stored` : ''}\n`
-    if (g.trust !== undefined) out += `  trusts the ${g.trust.policy}: ${g.trust.keys.map(k => k.split(':')[0]).join(', ') || 'none'}\n`
+    if (g.trust !== undefined) out += `  trusts ${g.trust.policy}: ${g.trust.keys.map(k => k.split(':')[0]).join(', ') || 'none'}\n`
     for (const r of (g.rejections ?? []).slice(-10)) {
       out += `  refused ${r.path} from ${shortId(r.from)}: ${r.reason}\n`
     }
   }
+  if (s.cache !== undefined) {
+    out += s.cache.url !== undefined ? `Cache: substituting from ${s.cache.url} (${s.cache.reason})\n` : `Cache: none used (${s.cache.reason})\n`
+    for (const i of s.cache.ignored) out += `  ignored signer ${shortId(i.peerId)} with cache key ${i.cacheKey}: ${i.reason}\n`
+  }
+  // Older nodes' reports lack these fields.
+  for (const p of s.penalties ?? []) {
+    out += `Cut off: ${shortId(p.peer)} until ${p.until}${p.count > 1 ? ` (${p.count} times lately)` : ''}: ${p.reason}\n`
+  }
+  const refused = Object.entries(s.refusedStreams ?? {})
+  if (refused.length > 0) out += `Refused for rate: ${refused.map(([protocol, n]) => `${n} ${protocol}`).join(', ')}\n`
   out += '\n'
   if (s.submissions.length === 0) {
     out += 'No submissions on this node.\n'
@@ -78,6 +94,10 @@ export function renderStatus (s: StatusReport, now: Date): string {
         String((c.queued ?? 0) + (c.waiting ?? 0)), String((c.failed ?? 0) + (c['dependency-failed'] ?? 0)), x.submittedAt])
     }
     out += table(subs)
+    for (const x of s.submissions) {
+      const n = x.awaitingSecondBuilder ?? 0
+      if (n > 0) out += `${x.id}: ${n} job(s) built once, awaiting a second builder (--check-reproducible needs another peer able to build them)\n`
+    }
   }
   return out
 }

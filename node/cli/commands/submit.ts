@@ -17,6 +17,7 @@ interface SubmitArgs {
   'max-silent-time'?: number
   detach: boolean
   json: boolean
+  'check-reproducible': boolean
 }
 
 const LOG_TAIL_SHOWN = 10
@@ -30,6 +31,11 @@ export const submitCommand: CommandModule<object, SubmitArgs> = {
     .option('priority', { type: 'number', default: 5, describe: 'Priority 0..9, 0 most urgent' })
     .option('timeout', { type: 'number', describe: 'Seconds a build may take' })
     .option('max-silent-time', { type: 'number', describe: 'Seconds a build may go without output' })
+    .option('check-reproducible', {
+      type: 'boolean',
+      default: false,
+      describe: 'Build each derivation on two different peers; admit its outputs only if their NAR hashes agree (exit 104 if not)'
+    })
     .option('detach', { type: 'boolean', default: false, describe: 'Queue the submission, print its id and exit' })
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object with the outcome' })
     .example('$0 submit drvs.txt', 'build and wait, with a progress bar')
@@ -59,7 +65,8 @@ export const submitCommand: CommandModule<object, SubmitArgs> = {
       drvPaths,
       priority: args.priority,
       ...(args.timeout !== undefined ? { timeout: args.timeout } : {}),
-      ...(args['max-silent-time'] !== undefined ? { maxSilentTime: args['max-silent-time'] } : {})
+      ...(args['max-silent-time'] !== undefined ? { maxSilentTime: args['max-silent-time'] } : {}),
+      ...(args['check-reproducible'] ? { checkReproducible: true } : {})
     })
     if (!('id' in reply)) throw new CommandFailed('the node answered the submission without an id')
     const id = reply.id
@@ -71,11 +78,19 @@ export const submitCommand: CommandModule<object, SubmitArgs> = {
 
     const display = new ProgressDisplay(process.stderr, !args.json)
     let last: SubmissionReport | undefined
+    let awaitingSaid = 0
     try {
       for await (const r of controlRequest(args['data-dir'], { op: 'watch', id })) {
         if (!('report' in r)) continue
         last = r.report
         display.update(countsOf(r.report))
+        // A checked job built once waits for another peer able to build it; say so once per change.
+        const awaiting = r.report.results.filter(x => x.check?.awaiting !== undefined).length
+        if (!args.json && awaiting > 0 && awaiting !== awaitingSaid) {
+          display.done() // off the bar's line
+          process.stderr.write(`${awaiting} job(s) built once, awaiting a second builder (another peer that can build them)\n`)
+        }
+        awaitingSaid = awaiting
       }
     } catch (err) {
       display.done()
@@ -87,7 +102,10 @@ export const submitCommand: CommandModule<object, SubmitArgs> = {
       throw new CommandFailed(`lost the node while watching ${id}; it resumes when the node restarts ('meshbuild status')`, ExitCode.unavailable)
     }
     printOutcome(last, args.json)
-    if (last.state !== 'built') throw new CommandFailed('', ExitCode.failure)
+    if (last.state === 'built') return
+    // As `nix-store --check`: 104 when a build was found not deterministic.
+    const nonDeterministic = last.results.some(r => r.state === 'failed' && r.failure?.kind === 'not-deterministic')
+    throw new CommandFailed('', nonDeterministic ? ExitCode.notDeterministic : ExitCode.failure)
   }
 }
 
@@ -99,13 +117,20 @@ function printOutcome (report: SubmissionReport, json: boolean): void {
       state: r.state,
       outputs: r.outputs,
       ...(r.builtBy !== undefined ? { builtBy: r.builtBy } : {}),
-      ...(r.failure !== undefined ? { failure: r.failure } : {})
+      ...(r.failure !== undefined ? { failure: r.failure } : {}),
+      ...(r.check !== undefined ? { check: r.check } : {})
     }))
     process.stdout.write(`${JSON.stringify({ id: report.id, state: report.state, results }, null, 2)}\n`)
     return
   }
   for (const r of report.results) {
-    if (r.state === 'failed') {
+    if (r.state === 'failed' && r.failure?.kind === 'not-deterministic') {
+      process.stderr.write(`error: ${r.drvPath} is not deterministic (exit code ${ExitCode.notDeterministic}):\n`)
+      for (const b of r.check?.builds ?? []) {
+        process.stderr.write(`  built by ${b.builtBy}: ${Object.entries(b.narHashes).map(([n, h]) => `${n} ${h}`).join(', ')}\n`)
+      }
+      process.stderr.write(`  ${r.failure.message}\n`)
+    } else if (r.state === 'failed') {
       process.stderr.write(`error: ${r.drvPath} failed: ${r.failure?.message ?? 'no reason given'}\n`)
       const tail = r.failure?.logTail?.slice(-LOG_TAIL_SHOWN) ?? []
       if (tail.length > 0) process.stderr.write(`  last ${tail.length} log lines:\n${tail.map(l => `    ${l}`).join('\n')}\n`)
