@@ -2,16 +2,13 @@
 import { createServer, type Server, type Socket } from 'node:net'
 import { chmod, rm } from 'node:fs/promises'
 import { createInterface } from 'node:readline'
-import type { MeshNode } from '../mesh/mesh-node.ts'
+import type { ControlledNode } from './controlled-node.ts'
 import { BadRequest, validateControlRequest, type ControlReply } from './control-protocol.ts'
 import type { Logger } from '../log.ts'
 
 const MAX_REQUEST_BYTES = 16 * 1024 * 1024
 /** A client that has not sent its request line by then is dropped: it holds a socket for nothing. */
 const REQUEST_TIMEOUT_MS = 30_000
-
-/** What the control server needs of a node (tests serve a stub). */
-export type ControlledNode = Pick<MeshNode, 'submit' | 'status' | 'submissionReport' | 'watch'>
 
 export async function startControlServer (node: ControlledNode, socketPath: string, log: Logger): Promise<Server> {
   await rm(socketPath, { force: true })

@@ -23,7 +23,7 @@ import {
   DEFAULT_INBOUND_LIMIT, DIAL_TIMEOUT_MS, GOSSIP_GRAYLIST_THRESHOLD, GOSSIP_INVALID_MESSAGE_DECAY, GOSSIP_INVALID_MESSAGE_WEIGHT,
   INBOUND_LIMITS, MAX_GOSSIP_BYTES, MDNS_INTERVAL_MS, MDNS_SERVICE_TAG, MESH_PROLOGUE_LABEL, PENALTY_DURATION_MS,
   PENALTY_FORGET_AFTER_MS, PENALTY_MAX_DURATION_MS, PENALTY_MAX_PEERS, PENALTY_STRIKE_WINDOW_MS, PENALTY_STRIKES,
-  TOPIC_BEACON, TOPIC_OFFER
+  TOPIC_BEACON, TOPIC_OFFER, MAX_GOSSIP_FRAME_BYTES, REDIAL_SLACK_MS, REFUSALS_PER_LOG_LINE, OFFENCE_REASON_CHARS
 } from '../../protocols/mesh/constants.ts'
 import { PenaltyBox, type Offence, type PenaltyBoxOptions } from './penalty-box.ts'
 import { RateLimiter } from './rate-limiter.ts'
@@ -187,7 +187,7 @@ export class MeshNetwork {
           floodPublish: true,
           // Our messages are at most MAX_GOSSIP_BYTES, but gossipsub's own control frames (IHAVE
           // lists) grow with the mesh; a frame over this limit silences the peer's gossip stream.
-          maxInboundDataLength: 1024 * 1024,
+          maxInboundDataLength: MAX_GOSSIP_FRAME_BYTES,
           // Rejected messages on our topics lower the sender's score (P4); other terms are off
           // (constants.ts says why). Below the graylist threshold its RPCs are ignored.
           scoreParams: {
@@ -283,7 +283,7 @@ export class MeshNetwork {
       }
       if (!limiter.take(peer, this.now())) {
         // Logged once per ten refusals: a flood must not become a flood of log lines.
-        if (limiter.refusedFor(peer) % 10 === 1) this.init.log.warn(`${protocol} from ${peer}: over its rate of ${limits.perSecond}/s; refused ${limiter.refusedFor(peer)} stream(s)`)
+        if (limiter.refusedFor(peer) % REFUSALS_PER_LOG_LINE === 1) this.init.log.warn(`${protocol} from ${peer}: over its rate of ${limits.perSecond}/s; refused ${limiter.refusedFor(peer)} stream(s)`)
         stream.abort(new RateLimitedError(`over the rate of ${limits.perSecond} streams/s`))
         return
       }
@@ -295,9 +295,15 @@ export class MeshNetwork {
         const e = err as Error
         this.init.log.debug(`${protocol} from ${peer}: ${e.name}: ${e.message}`)
         channel.abort(e)
-        if (isMalformed(e)) this.offence(peer, 'invalid-message', `malformed ${protocol} stream: ${e.message.slice(0, 200)}`)
+        if (isMalformed(e)) this.offence(peer, 'invalid-message', `malformed ${protocol} stream: ${e.message.slice(0, OFFENCE_REASON_CHARS)}`)
       }
     }, { maxInboundStreams: options.maxInboundStreams ?? limits.maxInboundStreams })
+  }
+
+  /** Removes the handler of a protocol registered with handle(); its streams are no longer served. */
+  async unhandle (protocol: string): Promise<void> {
+    if (this.node === undefined) return
+    await this.node.unhandle(protocol)
   }
 
   /** Opens a stream to a peer for a protocol. */
@@ -327,7 +333,7 @@ export class MeshNetwork {
       return TopicValidatorResult.Accept
     } catch (err) {
       if (err instanceof SchemaError || err instanceof SyntaxError) {
-        this.offence(from, 'invalid-message', `malformed gossip on ${topic}: ${(err as Error).message.slice(0, 200)}`)
+        this.offence(from, 'invalid-message', `malformed gossip on ${topic}: ${(err as Error).message.slice(0, OFFENCE_REASON_CHARS)}`)
         return TopicValidatorResult.Reject
       }
       return TopicValidatorResult.Ignore
@@ -358,7 +364,7 @@ export class MeshNetwork {
     const timer = setTimeout(() => {
       this.redials.delete(peerId)
       void this.dialAndKeep(id, [])
-    }, penalty.until - now + 1000)
+    }, penalty.until - now + REDIAL_SLACK_MS)
     timer.unref()
     this.redials.set(peerId, timer)
   }

@@ -10,16 +10,15 @@
 //            followed by exactly info.narSize bytes of NAR, or a header {path, error} and nothing.
 import { inputDrvPaths, outputPaths, readDerivation } from '../../protocols/nix/derivation.ts'
 import { Hash } from '../../protocols/nix/hash.ts'
-import {
-  MAX_LIST_ITEMS, MAX_REPLY_BYTES, MAX_REQUEST_BYTES, NAR_IDLE_TIMEOUT_MS, PROTOCOL_NAR, PROTOCOL_PATH_INFO, REPLY_TIMEOUT_MS
-} from '../../protocols/mesh/constants.ts'
-import {
-  validateNarHeader, validateNarRequest, validatePathInfoReply, validatePathInfoRequest, type PathInfoMessage
-} from '../../protocols/mesh/messages.ts'
+import { MAX_LIST_ITEMS, MAX_REQUEST_BYTES, NAR_IDLE_TIMEOUT_MS } from '../../protocols/mesh/constants.ts'
+import { validateNarHeader, type NarConsumer, type PathInfoMessage } from '../../protocols/mesh/messages.ts'
+import { NAR, PATH_INFO } from '../../protocols/mesh/request-protocols.ts'
+import { toMessage } from '../nix/path-info-message.ts'
 import { ProtocolError } from '../../protocols/mesh/stream-channel.ts'
 import type { ImportInfo, NarEntry, PathInfo, StoreBackend } from '../nix/store-backend.ts'
 import type { MeshNetwork } from './network.ts'
-import { requireTrusted, signServed, type PathTrust } from './path-trust.ts'
+import { openRequest, request, serve, serveStream, type Unserve } from './rpc.ts'
+import { requireTrusted, signServed, type PathTrust } from '../../protocols/mesh/path-trust.ts'
 import type { SecretKey } from '../../protocols/nix/signing-key.ts'
 import type { Logger } from '../log.ts'
 
@@ -30,18 +29,6 @@ export class PathUnavailable extends Error {
 /** The peer describes a root with another NAR hash than the one expected of it; nothing was fetched. */
 export class UnexpectedNarHash extends Error {
   override name = 'UnexpectedNarHash'
-}
-
-export function toMessage (info: PathInfo): PathInfoMessage {
-  return {
-    path: info.path,
-    narHash: info.narHash.toNix32(),
-    narSize: info.narSize,
-    references: info.references,
-    ...(info.deriver !== undefined ? { deriver: info.deriver } : {}),
-    signatures: info.signatures,
-    ...(info.ca !== undefined ? { ca: info.ca } : {})
-  }
 }
 
 /**
@@ -71,10 +58,9 @@ export async function inputOutputs (drvPaths: string[]): Promise<string[]> {
  * carries a signature by `key`, the node's key, made on the fly: a receiver imports only what a
  * key it trusts vouches for, and the serving member's announced key is the one it knows.
  */
-export async function serveStore (network: MeshNetwork, store: StoreBackend, log: Logger, key?: SecretKey): Promise<void> {
+export async function serveStore (network: MeshNetwork, store: StoreBackend, log: Logger, key?: SecretKey): Promise<Unserve> {
   const served = (info: PathInfo): PathInfoMessage => key === undefined ? toMessage(info) : signServed(toMessage(info), key)
-  await network.handle(PROTOCOL_PATH_INFO, async (channel, peer) => {
-    const req = await channel.readMessage(validatePathInfoRequest, { maxBytes: MAX_REQUEST_BYTES, timeoutMs: REPLY_TIMEOUT_MS })
+  const unservePathInfo = await serve(network, PATH_INFO, async (peer, req) => {
     // The .drv files are read before Nix says they are valid: an invalid one is reported missing
     // below, and the requester then gives up on it, whatever inputs it named.
     const roots = new Set(req.roots)
@@ -83,11 +69,10 @@ export async function serveStore (network: MeshNetwork, store: StoreBackend, log
       : []
     const { infos, missing } = await store.closureInfos([...req.roots, ...inputs])
     log.debug(`path-info for ${peer}: ${infos.length} paths, ${missing.length} missing${req.withInputs === true ? `, ${inputs.length} inputs` : ''}`)
-    await channel.writeMessage({ infos: infos.map(served), missing, ...(req.withInputs === true ? { inputs } : {}) })
+    return { infos: infos.map(served), missing, ...(req.withInputs === true ? { inputs } : {}) }
   })
 
-  await network.handle(PROTOCOL_NAR, async (channel, peer) => {
-    const req = await channel.readMessage(validateNarRequest, { maxBytes: MAX_REQUEST_BYTES, timeoutMs: REPLY_TIMEOUT_MS })
+  const unserveNar = await serveStream(network, NAR, async (peer, req, channel) => {
     // One query for the whole request; each NAR is then one nix-store --dump.
     const infos = await store.queryPathInfos(req.paths)
     for (const path of req.paths) {
@@ -106,6 +91,7 @@ export async function serveStore (network: MeshNetwork, store: StoreBackend, log
     }
     log.debug(`sent ${req.paths.length} NARs to ${peer}`)
   })
+  return async () => { await unservePathInfo(); await unserveNar() }
 }
 
 export interface FetchResult {
@@ -142,14 +128,7 @@ export async function fetchClosure (network: MeshNetwork, store: StoreBackend, p
   if (roots.length === 0) return { imported: [], bytes: 0, present: [], missing: [] }
   // 1. Ask what the closure holds. No local check first: what is fetched is almost never here
   //    yet, and the check of the whole closure below covers the roots.
-  const infoChannel = await network.open(peer, PROTOCOL_PATH_INFO, signal)
-  let reply
-  try {
-    await infoChannel.writeMessage({ roots, ...(options.withInputs === true ? { withInputs: true } : {}) }, signal)
-    reply = await infoChannel.readMessage(validatePathInfoReply, { maxBytes: MAX_REPLY_BYTES, timeoutMs: REPLY_TIMEOUT_MS, signal })
-  } finally {
-    await infoChannel.close()
-  }
+  const reply = await request(network, peer, PATH_INFO, { roots, ...(options.withInputs === true ? { withInputs: true } : {}) }, signal !== undefined ? { signal } : {})
   const asked = new Set(roots)
   const inputs = options.withInputs === true ? (reply.inputs ?? []) : []
   const missingRoots = reply.missing.filter(m => asked.has(m))
@@ -221,8 +200,6 @@ function outsideClosure (described: Map<string, PathInfoMessage>, roots: string[
   return undefined
 }
 
-/** What to do with each NAR as it arrives; it must read `nar` to its end (or throw). */
-export type NarConsumer = (info: PathInfoMessage, nar: AsyncIterable<Uint8Array>) => Promise<void>
 
 /**
  * Streams the NARs of `paths` from `peer` over one nar stream, handing each to `consume` in
@@ -252,11 +229,10 @@ function penaliseBadData (network: MeshNetwork, peer: string, err: unknown): voi
  * early, aborts the stream.
  */
 export async function * receiveNars (network: MeshNetwork, peer: string, paths: string[], signal?: AbortSignal): AsyncGenerator<{ info: PathInfoMessage, nar: AsyncIterable<Uint8Array> }> {
-  const channel = await network.open(peer, PROTOCOL_NAR, signal)
+  const channel = await openRequest(network, peer, NAR, { paths }, signal !== undefined ? { signal } : {})
   let failure: Error = new Error('the NAR consumer stopped early')
   let done = false
   try {
-    await channel.writeMessage({ paths }, signal)
     for (const expected of paths) {
       const header = await channel.readMessage(validateNarHeader, { maxBytes: MAX_REQUEST_BYTES, timeoutMs: NAR_IDLE_TIMEOUT_MS, signal })
       if (header.path !== expected) throw new ProtocolError(`expected NAR of ${expected}, got ${header.path}`)

@@ -9,21 +9,30 @@
 //         2. the owner replies {accepted}, then fetches the outputs over the nar protocol.
 // sign:   1. a worker writes {paths}: what it built, with its signatures, references first;
 //         2. the signer pulls the NARs it lacks over nar, stores them, and replies {stored, rejected}.
-import { PROTOCOL_LEASE, PROTOCOL_RESULT, PROTOCOL_SIGN, PROTOCOL_STEAL, SIGN_REPLY_TIMEOUT_MS } from './constants.ts'
+// path-info and nar (node/mesh/store-transfer.ts numbers their steps) are served the same way;
+// nar's reply is not one message but, for each path, a header and the NAR's bytes.
+import { PROTOCOL_LEASE, PROTOCOL_NAR, PROTOCOL_PATH_INFO, PROTOCOL_RESULT, PROTOCOL_SIGN, PROTOCOL_STEAL, SIGN_REPLY_TIMEOUT_MS } from './constants.ts'
 import {
   validateLeaseReply, validateLeaseRequest, validateResultAck, validateResultReport, validateSignOffer,
-  validateSignReply, validateStealGrant, validateStealRequest
+  validateSignReply, validateStealGrant, validateStealRequest, validateNarRequest, validatePathInfoReply, validatePathInfoRequest
 } from './messages.ts'
 
-export interface RequestProtocol<Req, Rep> {
+/** A protocol that starts with one request message; what follows is the protocol's own. */
+export interface StreamProtocol<Req> {
   id: string
   validateRequest: (v: unknown) => Req
-  validateReply: (v: unknown) => Rep
   /** How long the requester waits for the reply; the stream stays open that long. */
   replyTimeoutMs?: number
+}
+
+/** One request, one reply. */
+export interface RequestProtocol<Req, Rep> extends StreamProtocol<Req> {
+  validateReply: (v: unknown) => Rep
 }
 
 export const STEAL = { id: PROTOCOL_STEAL, validateRequest: validateStealRequest, validateReply: validateStealGrant }
 export const LEASE = { id: PROTOCOL_LEASE, validateRequest: validateLeaseRequest, validateReply: validateLeaseReply }
 export const RESULT = { id: PROTOCOL_RESULT, validateRequest: validateResultReport, validateReply: validateResultAck }
 export const SIGN = { id: PROTOCOL_SIGN, validateRequest: validateSignOffer, validateReply: validateSignReply, replyTimeoutMs: SIGN_REPLY_TIMEOUT_MS }
+export const PATH_INFO = { id: PROTOCOL_PATH_INFO, validateRequest: validatePathInfoRequest, validateReply: validatePathInfoReply }
+export const NAR = { id: PROTOCOL_NAR, validateRequest: validateNarRequest }
