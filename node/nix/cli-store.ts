@@ -10,14 +10,16 @@ import { Hash } from '../../protocols/nix/hash.ts'
 import { outputPaths, readDerivation } from '../../protocols/nix/derivation.ts'
 import { exec, killProcessGroups, NixCommandError, processGroupsBelow } from './exec.ts'
 import { nixEnv, type NixSettings } from './nix-config.ts'
-import { exportEnd, exportHeader, exportTrailer, NarEndTracker, NarFormatError } from './nix-export-format.ts'
+import { isDerivation, isStorePath, NIX_STORE_DIR } from '../../protocols/nix/store-path.ts'
+import { exportEnd, exportHeader, exportTrailer } from './nix-export-format.ts'
+import { NarParser, type NarSink } from '../../protocols/nix/nar-decoder.ts'
+import { NarFormatError } from '../../protocols/nix/nar-format.ts'
 import {
   BUILD_LOG_TAIL_LINES, buildFailureFor, InvalidStorePath, NarHashMismatch, NarOutOfOrder, OperationAborted, PathNotValid,
-  type DrvClosure, type ExportOptions, type ImportBatchResult, type ImportInfo, type ImportResult, type NarEntry,
+  type ExportOptions, type ImportBatchResult, type ImportInfo, type NarEntry,
   type PathInfo, type RealiseOptions, type RealiseResult, type StoreBackend, type WaitOptions
 } from './store-backend.ts'
 
-export const DEFAULT_STORE_DIR = '/nix/store'
 /** Paths per Nix invocation, well under the kernel's argument-size limit. */
 export const PATHS_PER_CALL = 500
 /** How long a cancelled nix-store gets to stop its builder before it is killed. */
@@ -47,13 +49,10 @@ interface PathInfoJson {
 export class CliStore implements StoreBackend {
   private readonly settings: NixSettings
   readonly storeDir: string
-  private readonly pathPattern: RegExp
 
   constructor (init: CliStoreInit = {}) {
     this.settings = init.settings ?? {}
-    this.storeDir = init.storeDir ?? DEFAULT_STORE_DIR
-    const dir = this.storeDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
-    this.pathPattern = new RegExp(`^${dir}/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\\-_?=][A-Za-z0-9+\\-._?=]*$`)
+    this.storeDir = init.storeDir ?? NIX_STORE_DIR
   }
 
   async isValid (paths: string[], options: WaitOptions = {}): Promise<Set<string>> {
@@ -129,16 +128,6 @@ export class CliStore implements StoreBackend {
     return { infos: referencesFirst(byPath), missing }
   }
 
-  async drvClosure (drvPath: string, options: WaitOptions = {}): Promise<DrvClosure> {
-    this.checkDrv(drvPath)
-    // A .drv references the .drv files of its inputs and its input sources, never outputs.
-    const all = await this.closure([drvPath], options)
-    return {
-      drvs: all.filter(p => p.endsWith('.drv')).sort(),
-      sources: all.filter(p => !p.endsWith('.drv')).sort()
-    }
-  }
-
   async realise (drvPath: string, options: RealiseOptions = {}): Promise<RealiseResult> {
     this.checkDrv(drvPath)
     options.signal?.throwIfAborted()
@@ -203,26 +192,6 @@ export class CliStore implements StoreBackend {
       // The consumer stopped early, or something failed: nix-store must not linger.
       if (!finished && child.exitCode == null && child.signalCode == null) child.kill('SIGKILL')
     }
-  }
-
-  async importNar (info: ImportInfo, nar: AsyncIterable<Uint8Array>, options: WaitOptions = {}): Promise<ImportResult> {
-    this.checkInfo(info)
-    // 1. Already valid: tell the producer to stop without reading a byte. Nix refuses a path
-    //    whose references are missing, so find that out before streaming the NAR too.
-    const others = info.references.filter(r => r !== info.path)
-    const valid = await this.isValid([info.path, ...others], options)
-    if (valid.has(info.path)) {
-      await nar[Symbol.asyncIterator]().return?.()
-      return { imported: false }
-    }
-    const missing = others.find(r => !valid.has(r))
-    if (missing != null) {
-      await nar[Symbol.asyncIterator]().return?.()
-      throw new PathNotValid(missing)
-    }
-    // 2. A batch of one.
-    await this.importNars([info], single({ path: info.path, nar }), options)
-    return { imported: true }
   }
 
   async importNars (infos: ImportInfo[], nars: AsyncIterable<NarEntry>, options: WaitOptions = {}): Promise<ImportBatchResult> {
@@ -300,15 +269,17 @@ export class CliStore implements StoreBackend {
   /** Writes one NAR to nix-store's stdin: hashed, counted, and framed so that not one byte past its end or past narSize reaches Nix. */
   private async writeNar (stdin: Writable, info: ImportInfo, nar: AsyncIterable<Uint8Array>, exited: Promise<number>, signal: AbortSignal | undefined): Promise<void> {
     const hasher = createHash(info.narHash.algorithm)
-    const tracker = new NarEndTracker()
+    // Nix reads the bytes after a NAR's closing ")" as the registration trailer: a sender whose
+    // "NAR" ran on past its end could register a path of its choosing. The NAR parser refuses
+    // any byte past the end (and any non-canonical framing) before the chunk reaches Nix.
+    const parser = new NarParser(IGNORE_NAR_CONTENTS)
     let size = 0
     for await (const chunk of nar) {
       signal?.throwIfAborted()
       if (size + chunk.length > info.narSize) {
         throw new NarHashMismatch(info.path, { hash: info.narHash, size: info.narSize }, { size: size + chunk.length })
       }
-      const inNar = tracker.feed(chunk)
-      if (inNar < chunk.length) throw new NarFormatError(`data after the end of the NAR of '${info.path}'`, size + inNar)
+      inNarOf(info.path, () => { parser.push(chunk) })
       hasher.update(chunk)
       size += chunk.length
       await writeAll(stdin, chunk, exited)
@@ -318,7 +289,7 @@ export class CliStore implements StoreBackend {
     if (size !== info.narSize || !actual.equals(info.narHash)) {
       throw new NarHashMismatch(info.path, { hash: info.narHash, size: info.narSize }, { hash: actual, size })
     }
-    if (!tracker.done) throw new NarFormatError(`the NAR of '${info.path}' ends before its last ")"`, size)
+    inNarOf(info.path, () => { parser.end() })
   }
 
   /** Output name to path for a built derivation, read from the .drv (one process fewer than `nix show-derivation`). */
@@ -348,7 +319,7 @@ export class CliStore implements StoreBackend {
   }
 
   private checkPaths (paths: string[]): void {
-    for (const p of paths) if (!this.pathPattern.test(p)) throw new InvalidStorePath(p, this.storeDir)
+    for (const p of paths) if (!isStorePath(p, this.storeDir)) throw new InvalidStorePath(p, this.storeDir)
   }
 
   private checkInfo (info: ImportInfo): void {
@@ -356,7 +327,7 @@ export class CliStore implements StoreBackend {
   }
 
   private checkDrv (drvPath: string): void {
-    if (!this.pathPattern.test(drvPath) || !drvPath.endsWith('.drv')) throw new InvalidStorePath(drvPath, this.storeDir)
+    if (!isStorePath(drvPath, this.storeDir) || !isDerivation(drvPath)) throw new InvalidStorePath(drvPath, this.storeDir)
   }
 }
 
@@ -413,10 +384,6 @@ function referencesFirst (byPath: Map<string, PathInfo>): PathInfo[] {
 // A function, so that TypeScript does not narrow `signal.aborted` across awaits.
 function isAborted (signal: AbortSignal | undefined): boolean {
   return signal?.aborted === true
-}
-
-async function * single<T> (item: T): AsyncGenerator<T> {
-  yield item
 }
 
 /** nix-store exited while we were still writing to it. */
@@ -510,4 +477,17 @@ function batches<T> (items: T[]): T[][] {
   const out: T[][] = []
   for (let i = 0; i < items.length; i += PATHS_PER_CALL) out.push(items.slice(i, i + PATHS_PER_CALL))
   return out
+}
+
+/** The NAR's framing is checked, its contents are not kept: Nix unpacks them. */
+const IGNORE_NAR_CONTENTS: NarSink = { directory () {}, directoryEnd () {}, file () {}, data () {}, fileEnd () {}, symlink () {} }
+
+/** Runs a NAR parser step; a NarFormatError is rethrown naming the store path it was for. */
+function inNarOf (path: string, step: () => void): void {
+  try {
+    step()
+  } catch (err) {
+    if (!(err instanceof NarFormatError)) throw err
+    throw new NarFormatError(`the NAR of '${path}': ${err.message.replace(/ at byte \d+$/, '')}`, err.offset)
+  }
 }

@@ -22,14 +22,6 @@ export interface PathInfo {
 /** What an import needs to register a NAR: the export format carries no signatures or CA. */
 export type ImportInfo = Pick<PathInfo, 'path' | 'narHash' | 'narSize' | 'references' | 'deriver'>
 
-/** The store paths a derivation needs before it can be built on another machine. */
-export interface DrvClosure {
-  /** The derivation itself and every .drv it depends on, sorted. */
-  drvs: string[]
-  /** Input sources and everything they reference, sorted. */
-  sources: string[]
-}
-
 export interface RealiseOptions extends WaitOptions {
   /** Seconds the whole build may take (`--timeout`). */
   timeout?: number
@@ -46,11 +38,6 @@ export interface RealiseOptions extends WaitOptions {
 export interface RealiseResult {
   /** Output name to store path. */
   outputs: Record<string, string>
-}
-
-export interface ImportResult {
-  /** False when the path was valid already and the NAR was not read. */
-  imported: boolean
 }
 
 /** One NAR of a batch: the path it claims to be, and its bytes. */
@@ -78,8 +65,6 @@ export interface StoreBackend {
   queryPathInfos: (paths: string[], options?: WaitOptions) => Promise<Map<string, PathInfo>>
   /** Every path reachable from `paths` by references, `paths` included; references come first. */
   closure: (paths: string[], options?: WaitOptions) => Promise<string[]>
-  /** The .drv files and input sources a derivation depends on. */
-  drvClosure: (drvPath: string, options?: WaitOptions) => Promise<DrvClosure>
   /** Builds a derivation; throws a BuildFailure subclass when Nix reports one. */
   realise: (drvPath: string, options?: RealiseOptions) => Promise<RealiseResult>
   /**
@@ -89,8 +74,6 @@ export interface StoreBackend {
   closureInfos: (roots: string[], options?: WaitOptions) => Promise<{ infos: PathInfo[], missing: string[] }>
   /** The path's NAR, streamed as Nix produces it; stop iterating to cancel. */
   exportNar: (path: string, options?: ExportOptions) => AsyncIterable<Uint8Array>
-  /** Streams a NAR into the store, checking it against `info` before Nix registers it. */
-  importNar: (info: ImportInfo, nar: AsyncIterable<Uint8Array>, options?: WaitOptions) => Promise<ImportResult>
   /**
    * Imports the NARs `nars` yields, one per entry of `infos` and in that order, in one go. Each
    * NAR is checked against its info before Nix registers it. Each path's references must be valid
@@ -102,8 +85,6 @@ export interface StoreBackend {
    * it has read its trailer, and the trailer of entry k is never written.
    */
   importNars: (infos: ImportInfo[], nars: AsyncIterable<NarEntry>, options?: WaitOptions) => Promise<ImportBatchResult>
-  /** Adds signatures to a valid path's registration; absent where the backend cannot. */
-  addSignatures?: (path: string, signatures: string[], options?: WaitOptions) => Promise<void>
 }
 
 /** A string that is not a store path of this store (`/nix/store/<32 nix32 chars>-<name>`). */
@@ -197,9 +178,13 @@ export class BuildFailure extends Error {
     this.logTail = logTail
   }
 
-  /** Whether building the same derivation again, here or elsewhere, can be expected to fail the same way. */
+  /**
+   * Whether building the same derivation again, here or elsewhere, can be expected to fail the
+   * same way: every kind Nix reports as the build's own (100, 101, 102, 104), as PERMANENT_FAILURES
+   * in node/scheduler/job.ts says. A timeout is one: the limits are the submission's, the same on every worker.
+   */
   get permanent (): boolean {
-    return this.kind === 'permanent' || this.kind === 'hash-mismatch' || this.kind === 'not-deterministic'
+    return this.kind !== 'transient'
   }
 }
 

@@ -21,6 +21,7 @@ export type FailureKind =
   | 'not-deterministic' // 104: --check found a difference; permanent
   | 'transient' // anything else: lost peer, fetch error, Nix crashed; retried elsewhere
 
+/** Failures that building again would repeat: every kind Nix reports (BuildFailure.permanent agrees). */
 export const PERMANENT_FAILURES: ReadonlySet<FailureKind> = new Set(['build-failed', 'timed-out', 'hash-mismatch', 'not-deterministic'])
 
 /**

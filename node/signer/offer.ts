@@ -5,7 +5,7 @@ import { fingerprint, signDetached } from '../../protocols/nix/signature.ts'
 import { storePathBaseName } from '../../protocols/nix/store-path.ts'
 import type { PathInfoMessage } from '../../protocols/mesh/messages.ts'
 import type { PathInfo, StoreBackend } from '../nix/store-backend.ts'
-import { toMessage } from '../mesh/store-transfer.ts'
+import { toMessage } from '../nix/path-info-message.ts'
 import type { NodeKey } from './node-key.ts'
 
 /** The fingerprint of a path as Nix signs it. */

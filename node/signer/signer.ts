@@ -8,9 +8,8 @@ import type { NarInfo } from '../../protocols/nix/narinfo.ts'
 import { signNarinfo } from '../../protocols/nix/signature.ts'
 import { formatPublicKey, publicKeyOf, type PublicKey, type SecretKey } from '../../protocols/nix/signing-key.ts'
 import { storePathBaseName } from '../../protocols/nix/store-path.ts'
-import type { PathInfoMessage, SignOffer, SignReply } from '../../protocols/mesh/messages.ts'
-import type { NarConsumer } from '../mesh/store-transfer.ts'
-import { signatureProblem } from '../mesh/path-trust.ts'
+import type { NarConsumer, PathInfoMessage, SignOffer, SignReply } from '../../protocols/mesh/messages.ts'
+import { signatureProblem } from '../../protocols/mesh/path-trust.ts'
 import type { Logger } from '../log.ts'
 
 /** What the signer needs of the cache it fills. */

@@ -1,24 +1,48 @@
 // Durable state in LevelDB: submissions and the jobs of this node as owner, written on every
-// change so that a restarted node resumes where it stopped.
+// change so that a restarted node resumes where it stopped. One sublevel per kind of record;
+// writes are queued in order and a failed one is logged and reported by the next flush().
 import { Level } from 'level'
+import type { AbstractSublevel } from 'abstract-level'
 import type { Job, Submission } from '../scheduler/job.ts'
+import type { Logger } from '../log.ts'
 
 export interface SubmissionRecord extends Submission {
   finished?: { ok: boolean, at: number }
 }
 
+interface SignEntry { at: number }
+
+/** One or more queued writes failed; the state on disk lacks them. */
+export class StateWriteError extends Error {
+  override name = 'StateWriteError'
+}
+
+type Sub<V> = AbstractSublevel<Level<string, string>, string | Buffer | Uint8Array, string, V>
+
 export class StateDb {
   private readonly db: Level<string, string>
+  private readonly jobs: Sub<Job>
+  private readonly submissions: Sub<SubmissionRecord>
+  private readonly signs: Sub<SignEntry>
+  private readonly log: Logger | undefined
   private writes: Promise<void> = Promise.resolve()
+  /** Writes that failed since the last flush(), in order. */
+  private failures: StateWriteError[] = []
 
-  constructor (path: string) {
+  constructor (path: string, log?: Logger) {
     this.db = new Level<string, string>(path, { valueEncoding: 'utf8' })
+    this.jobs = this.db.sublevel<string, Job>('job', { valueEncoding: 'json' })
+    this.submissions = this.db.sublevel<string, SubmissionRecord>('sub', { valueEncoding: 'json' })
+    this.signs = this.db.sublevel<string, SignEntry>('sign', { valueEncoding: 'json' })
+    this.log = log
   }
 
   async open (): Promise<void> {
     await this.db.open()
+    await this.migrateLegacyKeys()
   }
 
+  /** Waits for the queued writes, then closes; failures not yet flushed are dropped (they were logged). */
   async close (): Promise<void> {
     await this.writes
     await this.db.close()
@@ -26,55 +50,83 @@ export class StateDb {
 
   /** Queues writes in order; flush() waits for them. */
   putJob (job: Job): void {
-    this.enqueue(async () => { await this.db.put(`job\0${job.drvPath}`, JSON.stringify(job)) })
+    this.enqueue(`job ${job.drvPath}`, async () => { await this.jobs.put(job.drvPath, job) })
   }
 
   putSubmission (s: SubmissionRecord): void {
-    this.enqueue(async () => { await this.db.put(`sub\0${s.id}`, JSON.stringify(s)) })
+    this.enqueue(`submission ${s.id}`, async () => { await this.submissions.put(s.id, s) })
   }
 
   /** Outputs built here that wait to be offered to the signer. */
   queueForSigner (paths: string[]): void {
-    for (const p of paths) this.enqueue(async () => { await this.db.put(`sign\0${p}`, JSON.stringify({ at: Date.now() })) })
+    if (paths.length === 0) return
+    const at = Date.now()
+    this.enqueue(`sign queue +${paths.length}`, async () => {
+      await this.signs.batch(paths.map(p => ({ type: 'put' as const, key: p, value: { at } })))
+    })
   }
 
   dequeueForSigner (paths: string[]): void {
-    for (const p of paths) this.enqueue(async () => { await this.db.del(`sign\0${p}`) })
+    if (paths.length === 0) return
+    this.enqueue(`sign queue -${paths.length}`, async () => {
+      await this.signs.batch(paths.map(p => ({ type: 'del' as const, key: p })))
+    })
   }
 
   async signQueue (): Promise<string[]> {
     await this.writes
-    const out: string[] = []
-    for await (const key of this.db.keys({ gte: 'sign\0', lt: 'sign\0\xff' })) out.push(key.slice('sign\0'.length))
-    return out
+    return await this.signs.keys().all()
   }
 
+  /**
+   * Waits for the queued writes. Throws StateWriteError when any of them failed since the last
+   * flush (each failure is reported once, and logged when it happened).
+   */
   async flush (): Promise<void> {
     await this.writes
+    const failed = this.failures.splice(0)
+    if (failed.length === 1) throw failed[0]
+    if (failed.length > 1) {
+      throw new StateWriteError(`${failed.length} state writes failed: ${failed.map(f => f.message).join('; ')}`, { cause: new AggregateError(failed) })
+    }
   }
 
   async loadJobs (): Promise<Job[]> {
-    return await this.loadPrefix<Job>('job\0')
+    return await this.jobs.values().all()
   }
 
   async loadSubmissions (): Promise<SubmissionRecord[]> {
-    return await this.loadPrefix<SubmissionRecord>('sub\0')
+    return await this.submissions.values().all()
   }
 
-  async getSubmission (id: string): Promise<SubmissionRecord | undefined> {
-    const v = await this.db.get(`sub\0${id}`)
-    return v === undefined ? undefined : JSON.parse(v) as SubmissionRecord
+  private enqueue (what: string, op: () => Promise<void>): void {
+    // Each write runs after the one before, whether that one failed or not; a failure is kept
+    // for flush() rather than lost in the chain.
+    this.writes = this.writes.then(async () => {
+      try {
+        await op()
+      } catch (err) {
+        const failure = new StateWriteError(`writing ${what}: ${(err as Error).message}`, { cause: err })
+        this.failures.push(failure)
+        this.log?.error(failure.message)
+      }
+    })
   }
 
-  private async loadPrefix<T> (prefix: string): Promise<T[]> {
-    const out: T[] = []
-    for await (const [, value] of this.db.iterator({ gte: prefix, lt: `${prefix}\xff` })) {
-      out.push(JSON.parse(value) as T)
-    }
-    return out
+  /**
+   * A data directory written before the sublevels (keys `job\0<drvPath>` …) keeps its records:
+   * each is copied into its sublevel, then the old key deleted; a crash between repeats the copy.
+   */
+  private async migrateLegacyKeys (): Promise<void> {
+    const moved = await this.migrate('job', this.jobs) + await this.migrate('sub', this.submissions) + await this.migrate('sign', this.signs)
+    if (moved > 0) this.log?.info(`moved ${moved} state record(s) into the sublevel layout`)
   }
 
-  private enqueue (op: () => Promise<void>): void {
-    this.writes = this.writes.then(op, op)
+  private async migrate<V> (prefix: string, target: Sub<V>): Promise<number> {
+    const old = await this.db.iterator({ gte: `${prefix}\0`, lt: `${prefix}\0\xff` }).all()
+    if (old.length === 0) return 0
+    await target.batch(old.map(([key, value]) => ({ type: 'put' as const, key: key.slice(prefix.length + 1), value: JSON.parse(value) as V })))
+    await this.db.batch(old.map(([key]) => ({ type: 'del' as const, key })))
+    return old.length
   }
 }

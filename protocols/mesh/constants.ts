@@ -90,3 +90,30 @@ export const GOSSIP_GRAYLIST_THRESHOLD = -80
 
 /** Signatures a path info may carry on the wire (messages.ts); a serving node adds its own first. */
 export const MAX_PATH_SIGNATURES = 16
+
+/** The node's own loop (node/mesh/): how often the scheduler is ticked (lease expiry, steals). */
+export const TICK_MS = 500
+/** Changes come in bursts (a finished build readies several jobs): announce once per burst. */
+export const ANNOUNCE_DELAY_MS = 50
+/** How often free space in the Nix store is checked. */
+export const DISK_CHECK_MS = 10_000
+/** A worker retries a result report at this interval while the owner is unreachable... */
+export const REPORT_RETRY_MS = 2_000
+/** ...and gives up after this long. */
+export const REPORT_GIVE_UP_MS = 10 * 60_000
+/** Jobs a thief asks for in one steal request (the steal request's `want` bound). */
+export const MAX_STEAL_WANT = 64
+/** Addresses and cache URLs a beacon lists (the beacon's bounds). */
+export const MAX_BEACON_ADDRESSES = 32
+export const MAX_CACHE_URLS = 8
+/** The end of a failed build's log a worker reports to the owner: lines, and characters a line. */
+export const REPORT_LOG_TAIL_LINES = 40
+export const REPORT_LOG_LINE_CHARS = 4000
+/** gossipsub frames (IHAVE lists grow with the mesh) up to this size are read. */
+export const MAX_GOSSIP_FRAME_BYTES = 1024 * 1024
+/** A cut-off bootstrap peer is dialled again this long after its penalty ends. */
+export const REDIAL_SLACK_MS = 1_000
+/** A peer over its stream rate is logged once per this many refusals, not on each. */
+export const REFUSALS_PER_LOG_LINE = 10
+/** Characters of a peer's error message kept in a penalty's reason. */
+export const OFFENCE_REASON_CHARS = 200

@@ -1,9 +1,14 @@
 // Every message of the mesh: its type and its validator. docs/protocols.md describes each one.
-import { arr, bool, int, num, obj, oneOf, optional, record, str, validator } from './schema.ts'
+import { arr, bool, int, num, obj, oneOf, optional, record, SchemaError, str, validator, type Check } from './schema.ts'
+import { isStorePath } from '../nix/store-path.ts'
 import { MAX_BUILDING_LISTED, MAX_LIST_ITEMS, MAX_PATH_SIGNATURES } from './constants.ts'
 
-const STORE_PATH = /^\/nix\/store\/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]{1,211}$/
-const storePath = str(260, STORE_PATH)
+/** A store path under /nix/store by Nix's rules (store-path.ts, the one definition). */
+const storePath: Check<string> = (v, where) => {
+  const s = str(260)(v, where)
+  if (!isStorePath(s)) throw new SchemaError(`${where}: '${s.slice(0, 80)}' is malformed`)
+  return s
+}
 const name = str(128, /^[A-Za-z0-9_.+-]+$/)
 const names = arr(name, 64)
 const multiaddr = str(256)
@@ -123,6 +128,9 @@ export const checkPathInfo = obj({
   ca: optional(str(512))
 })
 export type PathInfoMessage = ReturnType<typeof checkPathInfo>
+
+/** What a receiver of the nar protocol does with each NAR as it arrives; it must read `nar` to its end (or throw). */
+export type NarConsumer = (info: PathInfoMessage, nar: AsyncIterable<Uint8Array>) => Promise<void>
 
 export const validatePathInfoReply = validator('path-info reply', obj({
   /** Closure of the roots, each path after every path it references. */

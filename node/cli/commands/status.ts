@@ -4,6 +4,7 @@ import { controlCall } from '../../control/control-client.ts'
 import type { NodeFields, StatusReport } from '../../mesh/reports.ts'
 import { dataDirOption } from '../data-dir.ts'
 import { CommandFailed } from '../exit-codes.ts'
+import { DRV_EXTENSION, parseStorePath } from '../../../protocols/nix/store-path.ts'
 
 interface StatusArgs {
   'data-dir': string
@@ -112,7 +113,12 @@ function shortId (id: string): string {
 }
 
 function drvName (p: string): string {
-  return p.replace(/^\/nix\/store\/[0-9a-z]{32}-/, '').replace(/\.drv$/, '')
+  try {
+    const { name } = parseStorePath(p)
+    return name.endsWith(DRV_EXTENSION) ? name.slice(0, -DRV_EXTENSION.length) : name
+  } catch {
+    return p // not a store path: shown as it is
+  }
 }
 
 function ago (ms: number): string {
