@@ -1,14 +1,9 @@
 // Helpers for tests that use the real Nix on this machine.
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { execText } from '../../node/nix/exec.ts'
 
-/** A fresh temporary directory, removed by the returned cleanup. */
-export async function tempDir (prefix = 'meshbuild-test-'): Promise<{ dir: string, cleanup: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), prefix))
-  return { dir, cleanup: async () => { await rm(dir, { recursive: true, force: true }) } }
-}
+export { tempDir } from './temp-dir.ts'
 
 /** Instantiates a Nix expression (text) and returns the .drv paths it evaluates to, one per attribute. */
 export async function instantiate (expr: string, dir: string, attrs: string[] = []): Promise<string[]> {

@@ -50,6 +50,10 @@ describe('mesh network over real libp2p', () => {
     const a = nodes[0] ?? assert.fail()
     const stranger = await node('other', [addrOf(a)])
     nodes.push(stranger)
+    // The control: the same dial with the right secret connects, so the refusal below is the secret's.
+    const friend = await node('s', [addrOf(a)])
+    nodes.push(friend)
+    await waitFor(() => a.connectedPeers().includes(friend.peerId), 10_000, 'a node with the right secret to connect')
     await new Promise(resolve => setTimeout(resolve, 1500))
     assert.equal(a.connectedPeers().includes(stranger.peerId), false)
     assert.equal(stranger.connectedPeers().length, 0)

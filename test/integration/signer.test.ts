@@ -18,7 +18,7 @@ import { validateNarRequest, type PathInfoMessage } from '../../protocols/mesh/m
 import { generateKeyPair } from '../../protocols/nix/signing-key.ts'
 import { signDetached } from '../../protocols/nix/signature.ts'
 import { pathFingerprint } from '../../node/signer/offer.ts'
-import { toMessage } from '../../node/mesh/store-transfer.ts'
+import { toMessage } from '../../node/nix/path-info-message.ts'
 import { tempDir } from '../helpers/nix.ts'
 import { waitFor } from '../helpers/wait.ts'
 

@@ -20,7 +20,7 @@ import { formatNarinfo, parseNarinfo, type NarInfo } from '../../protocols/nix/n
 import { encodeNix32 } from '../../protocols/nix/nix32.ts'
 import { signNarinfo } from '../../protocols/nix/signature.ts'
 import { generateKeyPair } from '../../protocols/nix/signing-key.ts'
-import { tempDir } from '../helpers/nix.ts'
+import { tempDir } from '../helpers/temp-dir.ts'
 
 const TEST_TIMEOUT = 60_000
 const KILL_TEST_TIMEOUT = 120_000

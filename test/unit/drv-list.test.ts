@@ -72,8 +72,11 @@ describe('parseDrvList', () => {
 describe('checkValid', () => {
   const entries = parseDrvList(`# two\n${A}\n\n${B}\n`, 'list.txt')
 
-  it('passes when every path is valid', () => {
-    checkValid(entries, new Set([A, B, OUT]), 'list.txt')
+  it('passes when every path is valid, and only then', () => {
+    assert.doesNotThrow(() => { checkValid(entries, new Set([A, B, OUT]), 'list.txt') })
+    assert.doesNotThrow(() => { checkValid(entries, new Set([A, B]), 'list.txt') })
+    // The same call with one path taken away refuses: the passes above are checkValid's doing.
+    assert.throws(() => { checkValid(entries, new Set([B, OUT]), 'list.txt') }, DrvListError)
   })
 
   it('names the lines of paths not valid in the store', () => {

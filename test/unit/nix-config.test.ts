@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { nixConfigText, sandboxPolicy, type SandboxProbe } from '../../node/nix/nix-config.ts'
-import { tempDir } from '../helpers/nix.ts'
+import { tempDir } from '../helpers/temp-dir.ts'
 
 describe('sandboxPolicy', () => {
   let dir: { dir: string, cleanup: () => Promise<void> }
