@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { TestNetwork } from '../helpers/test-hosts.ts'
-import { instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle, type SubmitOutcome } from '../helpers/mesh-hosts.ts'
+import { buildCounts, drvName, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle, type SubmitOutcome } from '../helpers/mesh-hosts.ts'
 import { waitFor, within } from '../helpers/wait.ts'
 
 const SLEEP_SECONDS = 8
@@ -29,16 +29,6 @@ let
   };
 in builtins.listToAttrs (builtins.genList (i: { name = "j\${toString i}"; value = mk i; }) ${JOBS})`
 }
-
-async function buildCounts (file: string): Promise<Map<string, number>> {
-  const counts = new Map<string, number>()
-  const text = await readFile(file, 'utf8').catch(() => '')
-  for (const name of text.split('\n').filter(l => l !== '')) counts.set(name, (counts.get(name) ?? 0) + 1)
-  return counts
-}
-
-/** `foo-1` from `/nix/store/<hash>-foo-1.drv`. */
-const drvName = (drvPath: string): string => drvPath.slice(44).replace(/\.drv$/, '')
 
 describe('workers that fail mid-build', { timeout: 600_000 }, () => {
   let net: TestNetwork

@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { randomBytes, randomInt } from 'node:crypto'
 import { promisify } from 'node:util'
 import { TestNetwork, type TestHost } from '../helpers/test-hosts.ts'
-import { cli, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle, type SubmitOutcome } from '../helpers/mesh-hosts.ts'
+import { buildCounts, cli, drvName, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle, type SubmitOutcome } from '../helpers/mesh-hosts.ts'
 import { waitFor, within } from '../helpers/wait.ts'
 import { controlCall } from '../../node/control/control-client.ts'
 
@@ -44,13 +44,6 @@ function jobsExpr (tag: string, countFile: string, jobs: SleepJob[]): string {
   return `{\n${jobs.map(one).join('\n')}\n}`
 }
 
-async function buildCounts (file: string): Promise<Map<string, number>> {
-  const counts = new Map<string, number>()
-  const text = await readFile(file, 'utf8').catch(() => '')
-  for (const name of text.split('\n').filter(l => l !== '')) counts.set(name, (counts.get(name) ?? 0) + 1)
-  return counts
-}
-
 /** Processes in the host whose command line contains `marker`. */
 function hostProcessesWith (host: TestHost, marker: string): number[] {
   return host.pids().filter(pid => {
@@ -77,8 +70,6 @@ async function builtJobs (owner: MeshNodeHandle, id: string): Promise<string[]> 
 
 /** The root-side end of a host's veth (test-hosts.ts names it `<run>-v<i>` for host `<run>-h<i>`). */
 const rootVeth = (host: TestHost): string => host.name.replace(/-h(\d+)$/, '-v$1')
-
-const drvName = (drvPath: string): string => drvPath.slice(44).replace(/\.drv$/, '')
 
 describe('faults: stopped worker, killed owner, cut link', { timeout: 600_000 }, () => {
   let net: TestNetwork

@@ -2,11 +2,10 @@
 // finding each other by mDNS alone, building real derivations with real Nix.
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { TestNetwork } from '../helpers/test-hosts.ts'
-import { cli, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle } from '../helpers/mesh-hosts.ts'
+import { buildCounts, cli, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle } from '../helpers/mesh-hosts.ts'
 import { execText } from '../../node/nix/exec.ts'
 import { waitFor } from '../helpers/wait.ts'
 
@@ -51,13 +50,6 @@ in {
   plain0 = builtins.elemAt plain 0; plain1 = builtins.elemAt plain 1;
   plain2 = builtins.elemAt plain 2; plain3 = builtins.elemAt plain 3;
 }`
-}
-
-async function buildCounts (file: string): Promise<Map<string, number>> {
-  const counts = new Map<string, number>()
-  const text = await readFile(file, 'utf8').catch(() => '')
-  for (const name of text.split('\n').filter(l => l !== '')) counts.set(name, (counts.get(name) ?? 0) + 1)
-  return counts
 }
 
 describe('a mesh of three test hosts', { timeout: 600_000 }, () => {

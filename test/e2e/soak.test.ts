@@ -12,7 +12,7 @@ import { readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes, randomInt } from 'node:crypto'
 import { TestNetwork } from '../helpers/test-hosts.ts'
-import { MESHBUILD_BIN, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle, type SubmitOutcome } from '../helpers/mesh-hosts.ts'
+import { MESHBUILD_BIN, buildCounts, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle, type SubmitOutcome } from '../helpers/mesh-hosts.ts'
 import { waitFor, within } from '../helpers/wait.ts'
 import { execText } from '../../node/nix/exec.ts'
 
@@ -41,13 +41,6 @@ function soakExpr (tag: string, countFile: string): string {
       `args = [ "-c" "echo soak-${i} >> ${countFile}; ${dep}/bin/sleep ${sleep}; echo ${tag} ${i} > $out" ]; };`)
   }
   return `rec {\n${lines.join('\n')}\n  all = [ ${Array.from({ length: JOBS }, (_, i) => `j${i}`).join(' ')} ];\n}`
-}
-
-async function buildCounts (file: string): Promise<Map<string, number>> {
-  const counts = new Map<string, number>()
-  const text = await readFile(file, 'utf8').catch(() => '')
-  for (const name of text.split('\n').filter(l => l !== '')) counts.set(name, (counts.get(name) ?? 0) + 1)
-  return counts
 }
 
 describe(`soak: ${JOBS} jobs while workers are killed every ~${KILL_EVERY_MS / 1000} s`, { timeout: 600_000 + JOBS * 3_000 }, () => {

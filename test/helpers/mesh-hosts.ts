@@ -1,7 +1,7 @@
 // Runs real meshbuild nodes inside test hosts (test-hosts.ts) and drives them with the real CLI.
 import { createWriteStream } from 'node:fs'
 import { randomBytes } from 'node:crypto'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { fileURLToPath } from 'node:url'
@@ -130,3 +130,17 @@ export async function submit (node: MeshNodeHandle, drvPaths: string[], args: st
   } catch {}
   return { code: r.code, stdout: r.stdout, stderr: r.stderr, ...(report !== undefined ? { report } : {}) }
 }
+
+/**
+ * How often each name appears in a count file: test derivations append their name to a file in
+ * the network's shared dir when their builder starts, so this counts builder starts per job.
+ */
+export async function buildCounts (file: string): Promise<Map<string, number>> {
+  const counts = new Map<string, number>()
+  const text = await readFile(file, 'utf8').catch(() => '')
+  for (const name of text.split('\n').filter(l => l !== '')) counts.set(name, (counts.get(name) ?? 0) + 1)
+  return counts
+}
+
+/** `foo-1` from `/nix/store/<hash>-foo-1.drv`. */
+export const drvName = (drvPath: string): string => drvPath.slice(44).replace(/\.drv$/, '')
