@@ -6,7 +6,7 @@ import { readFile, writeFile, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { TestNetwork } from '../helpers/test-hosts.ts'
-import { MESHBUILD_BIN, cli, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle } from '../helpers/mesh-hosts.ts'
+import { MESHBUILD_BIN, cli, generateKey, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle } from '../helpers/mesh-hosts.ts'
 import { waitFor } from '../helpers/wait.ts'
 import { execText } from '../../node/nix/exec.ts'
 
@@ -55,10 +55,7 @@ describe('the signing node and the shared binary cache', { timeout: 600_000 }, (
     net = await TestNetwork.create({ hosts: 4 })
     countFile = join(net.sharedDir, 'builds')
     expr = dagExpr(randomBytes(6).toString('hex'), countFile)
-    cacheSec = join(net.sharedDir, 'cache.sec')
-    const pubFile = join(net.sharedDir, 'cache.pub')
-    await execText(process.execPath, [MESHBUILD_BIN, 'key', 'generate', 'mesh-cache-1', '--secret-file', cacheSec, '--public-file', pubFile])
-    cachePub = (await readFile(pubFile, 'utf8')).trim()
+    ;({ sec: cacheSec, pub: cachePub } = await generateKey(net, 'mesh-cache-1'))
     cacheUrl = `http://${net.host(2).address}:${CACHE_PORT}`
     // Every node uses the shared cache only because its key is configured here.
     for (const i of [0, 1]) nodes.push(await startNode(net, net.host(i), { args: ['--max-jobs', '2', '--cache-public-key', cachePub] }))

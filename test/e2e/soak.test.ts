@@ -12,9 +12,8 @@ import { readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes, randomInt } from 'node:crypto'
 import { TestNetwork } from '../helpers/test-hosts.ts'
-import { MESHBUILD_BIN, buildCounts, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle, type SubmitOutcome } from '../helpers/mesh-hosts.ts'
+import { buildCounts, generateKey, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle, type SubmitOutcome } from '../helpers/mesh-hosts.ts'
 import { waitFor, within } from '../helpers/wait.ts'
-import { execText } from '../../node/nix/exec.ts'
 
 const JOBS = positiveInt(process.env.MESHBUILD_SOAK_JOBS, 200)
 const KILL_EVERY_MS = positiveInt(process.env.MESHBUILD_SOAK_KILL_SECONDS, 10) * 1000
@@ -54,13 +53,9 @@ describe(`soak: ${JOBS} jobs while workers are killed every ~${KILL_EVERY_MS / 1
     net = await TestNetwork.create({ hosts: 3 })
     countFile = join(net.sharedDir, 'builds')
     cacheDir = join(net.sharedDir, 'cache')
-    const cacheSec = join(net.sharedDir, 'cache.sec')
-    const cachePubFile = join(net.sharedDir, 'cache.pub')
-    await execText(process.execPath, [MESHBUILD_BIN, 'key', 'generate', 'soak-cache-1', '--secret-file', cacheSec, '--public-file', cachePubFile])
-    const cachePub = (await readFile(cachePubFile, 'utf8')).trim()
+    const { sec: cacheSec, pub: cachePub } = await generateKey(net, 'soak-cache-1')
     // Where workers are told which cache key to trust (a node ignores a signer it was not told of).
-    const help = await execText(process.execPath, [MESHBUILD_BIN, 'join', '--help'])
-    const cacheKeyArgs = help.includes('--cache-public-key') ? ['--cache-public-key', cachePub] : []
+    const cacheKeyArgs = ['--cache-public-key', cachePub]
     const workerArgs = ['--max-jobs', String(MAX_JOBS), ...cacheKeyArgs]
     // Workers first: the signer trusts exactly their node keys (and its own).
     const workers = await Promise.all([1, 2].map(async i => await startNode(net, net.host(i), { args: workerArgs })))

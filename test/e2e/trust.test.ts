@@ -9,9 +9,8 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { TestNetwork } from '../helpers/test-hosts.ts'
-import { MESHBUILD_BIN, cli, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle } from '../helpers/mesh-hosts.ts'
+import { cli, generateKey, instantiateIn, startNode, status, stopNode, submit, waitForMesh, type MeshNodeHandle } from '../helpers/mesh-hosts.ts'
 import { waitFor } from '../helpers/wait.ts'
-import { execText } from '../../node/nix/exec.ts'
 
 const CACHE_PORT = 8080
 const ROGUE_PORT = 8081
@@ -36,12 +35,6 @@ let
 in { inherit top; }`
 }
 
-async function makeKey (net: TestNetwork, name: string): Promise<{ sec: string, pub: string }> {
-  const sec = join(net.sharedDir, `${name}.sec`)
-  const pubFile = join(net.sharedDir, `${name}.pub`)
-  await execText(process.execPath, [MESHBUILD_BIN, 'key', 'generate', name, '--secret-file', sec, '--public-file', pubFile])
-  return { sec, pub: (await readFile(pubFile, 'utf8')).trim() }
-}
 
 describe('trust comes from each node\'s own configuration', { timeout: 900_000 }, () => {
   let net: TestNetwork
@@ -55,8 +48,8 @@ describe('trust comes from each node\'s own configuration', { timeout: 900_000 }
 
   before(async () => {
     net = await TestNetwork.create({ hosts: 4 })
-    cache = await makeKey(net, 'mesh-cache-1')
-    evil = await makeKey(net, 'evil-cache-1')
+    cache = await generateKey(net, 'mesh-cache-1')
+    evil = await generateKey(net, 'evil-cache-1')
     cacheUrl = `http://${net.host(1).address}:${CACHE_PORT}`
     worker = await startNode(net, net.host(0), { args: ['--max-jobs', '1', '--cache-public-key', cache.pub] })
     trustedFile = join(net.sharedDir, 'trusted-keys')

@@ -9,6 +9,7 @@ import type { ChildProcess } from 'node:child_process'
 import { waitForOutput, type TestHost, type TestNetwork, type HostExecResult } from './test-hosts.ts'
 import type { StatusReport, SubmissionReport } from '../../node/mesh/reports.ts'
 import { waitFor } from './wait.ts'
+import { execText } from '../../node/nix/exec.ts'
 
 export const MESHBUILD_BIN = fileURLToPath(new URL('../../bin/meshbuild.js', import.meta.url))
 
@@ -144,3 +145,11 @@ export async function buildCounts (file: string): Promise<Map<string, number>> {
 
 /** `foo-1` from `/nix/store/<hash>-foo-1.drv`. */
 export const drvName = (drvPath: string): string => drvPath.slice(44).replace(/\.drv$/, '')
+
+/** A Nix signing key pair made by `meshbuild key generate NAME` in the network's shared dir. */
+export async function generateKey (net: TestNetwork, name: string): Promise<{ sec: string, pub: string }> {
+  const sec = join(net.sharedDir, `${name}.sec`)
+  const pubFile = join(net.sharedDir, `${name}.pub`)
+  await execText(process.execPath, [MESHBUILD_BIN, 'key', 'generate', name, '--secret-file', sec, '--public-file', pubFile])
+  return { sec, pub: (await readFile(pubFile, 'utf8')).trim() }
+}
