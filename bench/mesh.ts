@@ -49,7 +49,7 @@ const SOURCE_BIN = fileURLToPath(new URL('bin/meshbuild.js', ROOT))
  * npm-installed meshbuild, and what `npm run bench` builds), else the checkout's bin, which adds
  * Node's type stripping to every start. BENCH_MESH_CLI names another.
  */
-function chooseCli (): { path: string, note: string } {
+export function chooseCli (): { path: string, note: string } {
   if (process.env.BENCH_MESH_CLI != null) return { path: process.env.BENCH_MESH_CLI, note: 'BENCH_MESH_CLI' }
   if (!existsSync(COMPILED)) return { path: SOURCE_BIN, note: 'bin/meshbuild.js (no dist/: npm run build)' }
   const built = statSync(COMPILED).mtimeMs
@@ -72,11 +72,11 @@ function newestSource (dirs: string[]): number {
 }
 
 /** A line a node wrote: `2026-11-23T04:40:00.000Z INFO  [meshbuild:net] message`. */
-interface LogLine { at: number, level: string, scope: string, msg: string }
+export interface LogLine { at: number, level: string, scope: string, msg: string }
 
 const LOG_LINE = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z) (\w+)\s+\[([^\]]*)\] (.*)$/
 
-interface BenchNode {
+export interface BenchNode {
   name: string
   host: TestHost
   dataDir: string
@@ -88,7 +88,7 @@ interface BenchNode {
   exited: Promise<void>
 }
 
-class MeshBench {
+export class MeshBench {
   readonly net: TestNetwork
   readonly cli: string
   readonly logDir: string
@@ -173,7 +173,7 @@ class MeshBench {
   }
 }
 
-async function waitForLine (node: BenchNode, pattern: RegExp, timeoutMs: number, from = 0): Promise<LogLine & { match: RegExpMatchArray }> {
+export async function waitForLine (node: BenchNode, pattern: RegExp, timeoutMs: number, from = 0): Promise<LogLine & { match: RegExpMatchArray }> {
   const deadline = Date.now() + timeoutMs
   let i = from
   for (;;) {
