@@ -132,7 +132,7 @@ export class Scheduler {
       case 'submit': this.onSubmit(event.submission); break
       case 'restore': this.onRestore(event.submissions, event.jobs); break
       case 'tick': this.onTick(); break
-      case 'peer-seen': this.peers.set(event.peer.peerId, event.peer); break
+      case 'peer-seen': this.onPeerSeen(event.peer); break
       case 'peer-lost': this.onPeerLost(event.peerId); break
       case 'disk': this.diskLow = event.low; break
       case 'steal-request': this.onStealRequest(event.requestId, event.from, event.capabilities, event.want); break
@@ -366,6 +366,15 @@ export class Scheduler {
       return
     }
     this.succeed(job, from)
+  }
+
+  private onPeerSeen (peer: PeerView): void {
+    const before = this.peers.get(peer.peerId)
+    // An empty reply said nothing about work that peer has made ready since: a changed offer
+    // ends the back-off at once (the same offer keeps it, or a busy peer would be asked on
+    // every beacon).
+    if (before !== undefined && !sameOffers(before.offers, peer.offers)) this.stealBackoff.delete(peer.peerId)
+    this.peers.set(peer.peerId, peer)
   }
 
   private onPeerLost (peerId: string): void {
@@ -664,6 +673,12 @@ function runKey (owner: string, drvPath: string): string {
 /** A checked job that `peer` built already (successfully): it may not build it again. */
 function builtBefore (job: Job, peer: string): boolean {
   return job.check === true && (job.checkBuilds ?? []).some(b => b.builtBy === peer)
+}
+
+/** The same offer entries, in any order. */
+function sameOffers (a: OfferEntry[], b: OfferEntry[]): boolean {
+  const key = (o: OfferEntry): string => `${requirementsKey(o)}\n${o.count}`
+  return sameList(a.map(key).sort(), b.map(key).sort())
 }
 
 function sameList (a: string[], b: string[]): boolean {

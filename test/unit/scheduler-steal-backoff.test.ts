@@ -30,10 +30,10 @@ describe('scheduler steal back-off', () => {
       assert.deepEqual(steals(s.handle({ type: 'peer-seen', peer: peer('o', 3) }, 0)), [{ type: 'steal', from: 'o', want: 1 }])
       const t = 10
       assert.deepEqual(steals(s.handle(nothing, t)), [], 'asked again at once')
-      // Every tick and every fresh beacon inside the window leaves it alone.
+      // Every tick and every fresh beacon with the same offer inside the window leaves it alone.
       for (const at of [t + 1, t + BACKOFF / 2, t + BACKOFF - 1]) {
         assert.deepEqual(steals(s.handle({ type: 'tick' }, at)), [], `asked again ${at - t} ms after`)
-        assert.deepEqual(steals(s.handle({ type: 'peer-seen', peer: peer('o', 4) }, at)), [], `a beacon ${at - t} ms after made it ask`)
+        assert.deepEqual(steals(s.handle({ type: 'peer-seen', peer: peer('o', 3) }, at)), [], `a beacon ${at - t} ms after made it ask`)
       }
       assert.deepEqual(steals(s.handle({ type: 'tick' }, t + BACKOFF)), [{ type: 'steal', from: 'o', want: 1 }], 'not asked again after the back-off')
     })
@@ -48,6 +48,24 @@ describe('scheduler steal back-off', () => {
     assert.deepEqual(steals(s.handle({ type: 'steal-reply', from: 'busy', items: [] }, 1)), [{ type: 'steal', from: 'idle', want: 1 }])
     assert.deepEqual(steals(s.handle({ type: 'steal-reply', from: 'idle', items: [] }, 2)), [], 'both backed off')
     assert.deepEqual(steals(s.handle({ type: 'tick' }, 1 + BACKOFF)), [{ type: 'steal', from: 'busy', want: 1 }])
+  })
+
+  it('ends the back-off when the peer offers something new, and backs off again on the same offer', () => {
+    const s = new Scheduler(config())
+    assert.deepEqual(steals(s.handle({ type: 'peer-seen', peer: peer('o', 3) }, 0)), [{ type: 'steal', from: 'o', want: 1 }])
+    assert.deepEqual(steals(s.handle({ type: 'steal-reply', from: 'o', items: [] }, 10)), [])
+    // Long before the back-off ends, the peer's offer changes: it is asked in that same event.
+    assert.deepEqual(steals(s.handle({ type: 'peer-seen', peer: peer('o', 5) }, 20)), [{ type: 'steal', from: 'o', want: 1 }], 'a new offer did not end the back-off')
+    assert.deepEqual(steals(s.handle({ type: 'steal-reply', from: 'o', items: [] }, 30)), [])
+    // Empty again, and the offer stays as it was: left alone for the whole window.
+    assert.deepEqual(steals(s.handle({ type: 'peer-seen', peer: peer('o', 5) }, 40)), [], 'the same offer ended the back-off')
+    assert.deepEqual(steals(s.handle({ type: 'tick' }, 30 + BACKOFF - 1)), [])
+    // The same entries in another order are the same offer.
+    const offers = [{ system: 'x86_64-linux', requiredFeatures: [], count: 5 }, { system: 'aarch64-linux', requiredFeatures: [], count: 1 }]
+    const s2 = new Scheduler(config())
+    s2.handle({ type: 'peer-seen', peer: { ...peer('o', 6), offers } }, 0)
+    s2.handle({ type: 'steal-reply', from: 'o', items: [] }, 1)
+    assert.deepEqual(steals(s2.handle({ type: 'peer-seen', peer: { ...peer('o', 6), offers: [...offers].reverse() } }, 2)), [], 'a reordered offer ended the back-off')
   })
 
   it('does not back off a peer that granted work', () => {
