@@ -13,6 +13,7 @@ import type { PathTrust } from '../../protocols/mesh/path-trust.ts'
 import { substituteFrom, type CacheRef } from '../cache/cache-client.ts'
 import type { MeshNetwork } from './network.ts'
 import type { Logger } from '../log.ts'
+import type { JobTrace } from './job-trace.ts'
 
 const KIND: Record<BuildFailure['kind'], FailureKind> = {
   permanent: 'build-failed',
@@ -33,6 +34,7 @@ export interface BuilderContext {
   cache: () => CacheRef | undefined
   /** The keys whose signature admits a path `peer` serves into this store (path-trust.ts). */
   trust: (peer: string) => PathTrust
+  trace?: JobTrace
 }
 
 /** Where the build log of a derivation is kept, for `meshbuild log`. */
@@ -45,6 +47,7 @@ export async function runWorkItem (ctx: BuilderContext, item: WorkItem, signal: 
   try {
     if (item.owner !== ctx.selfId) {
       await fetchInputs(ctx, item, signal)
+      ctx.trace?.phase(item.drvPath, 'inputs-fetched', { owner: item.owner })
     }
   } catch (err) {
     const e = err as Error
@@ -55,6 +58,7 @@ export async function runWorkItem (ctx: BuilderContext, item: WorkItem, signal: 
   const logFile = createWriteStream(buildLogPath(ctx.logDir, item.drvPath))
   try {
     log.info(`building ${item.drvPath}${item.owner !== ctx.selfId ? ` for ${item.owner}` : ''}`)
+    ctx.trace?.phase(item.drvPath, 'build-started', { worker: ctx.selfId, owner: item.owner })
     const result = await ctx.store.realise(item.drvPath, {
       signal,
       systemFeatures: ctx.systemFeatures,

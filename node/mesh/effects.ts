@@ -11,6 +11,7 @@ import type { StoreBackend } from '../nix/store-backend.ts'
 import type { SignQueue } from '../signer/sign-queue.ts'
 import type { Logger } from '../log.ts'
 import { runWorkItem } from './builder.ts'
+import { NO_TRACE, type JobTrace } from './job-trace.ts'
 import type { MeshNetwork } from './network.ts'
 import { allFeatures, type NodeOptions } from './node-options.ts'
 import type { PathTrust } from '../../protocols/mesh/path-trust.ts'
@@ -32,6 +33,7 @@ export interface EffectsInit {
   cacheRef: () => CacheRef | undefined
   trust: (peer: string) => PathTrust
   log: Logger
+  trace?: JobTrace
 }
 
 /** Builds this node ran, by outcome, since it started (for status and tests). */
@@ -95,7 +97,8 @@ export class Effects {
       logDir: join(this.init.options.dataDir, 'logs'),
       systemFeatures: allFeatures(this.init.options.capabilities),
       cache: () => this.init.cacheRef(),
-      trust: (peer: string) => this.init.trust(peer)
+      trust: (peer: string) => this.init.trust(peer),
+      trace: this.init.trace ?? NO_TRACE
     }, item, controller.signal).then(async (outcome) => {
       this.builds.delete(key)
       if (controller.signal.aborted) return
@@ -109,6 +112,7 @@ export class Effects {
       } else {
         this.counters.failed++
       }
+      if (item.owner === selfId) this.init.trace?.phase(item.drvPath, 'build-finished', { owner: selfId, ok: outcome.ok })
       this.init.dispatch({ type: 'build-finished', owner: item.owner, drvPath: item.drvPath, outcome })
     })
   }
@@ -176,6 +180,7 @@ export class Effects {
       // result is refused: nothing enters the store and the job is built again elsewhere.
       const r = await fetchClosure(this.init.network, this.init.store, from, Object.values(outputs), undefined, { trust: this.init.trust(from), ...(expectNarHashes !== undefined ? { expectNarHashes } : {}) })
       this.init.log.info(`${drvPath} built by ${from}; fetched ${r.imported.length} path(s), ${r.bytes} bytes`)
+      this.init.trace?.phase(drvPath, 'outputs-imported', { from, bytes: r.bytes })
       this.init.dispatch({ type: 'import-finished', from, drvPath })
     } catch (err) {
       const e = err as Error

@@ -13,6 +13,7 @@ import { SignQueue } from '../signer/sign-queue.ts'
 import { StateDb } from '../state/state-db.ts'
 import { Announcer } from './announcer.ts'
 import { DispatchLoop } from './dispatch-loop.ts'
+import { traceDecisions } from './job-trace.ts'
 import { Effects, type BuildCounters } from './effects.ts'
 import { loadOrCreateIdentity } from './identity.ts'
 import { MeshNetwork } from './network.ts'
@@ -95,7 +96,8 @@ export class MeshNode {
       network, store, signQueue, options: o, dispatch, log, cacheRef,
       stolenItems: () => scheduler.stolenItems(),
       flush: async () => { await db.flush() },
-      trust: (peer) => peerTrust(trust, peer)
+      trust: (peer) => peerTrust(trust, peer),
+      ...(o.trace !== undefined ? { trace: o.trace } : {})
     })
     this.submissions = new Submissions({ store, scheduler, db, dispatch, cacheRef, log })
     this.announcer = new Announcer({
@@ -105,6 +107,10 @@ export class MeshNode {
       onDisk: (low) => { dispatch({ type: 'disk', low }) }
     })
     for (const s of [this.effects, this.submissions, this.announcer]) loop.subscribe(s.onDecision)
+    if (o.trace !== undefined) {
+      o.trace.start(network.peerId)
+      loop.subscribe(traceDecisions(o.trace, network.peerId))
+    }
 
     await this.announcer.checkDisk()
     await this.submissions.start()
@@ -133,6 +139,7 @@ export class MeshNode {
     await this.network.stop()
     await this.signerLink.close()
     await this.db.close()
+    this.options.trace?.close()
   }
 
   /** The shared cache and signer this node's configuration admits (signer-link.ts). */

@@ -7,6 +7,7 @@ import type { StoreBackend } from '../nix/store-backend.ts'
 import type { MachineCapabilities } from '../scheduler/matching.ts'
 import type { Logger } from '../log.ts'
 import type { PenaltyBoxOptions } from './penalty-box.ts'
+import type { JobTrace } from './job-trace.ts'
 
 export interface SignerOptions {
   cacheKey: SecretKey
@@ -32,6 +33,8 @@ export interface NodeOptions {
   minFreeDiskBytes: number
   log: Logger
   store?: StoreBackend
+  /** From --trace FILE: every job's phases, as Chrome trace-event JSON (job-trace.ts). */
+  trace?: JobTrace
   /** Makes this node the mesh's signing node, holding the shared binary cache. */
   signer?: SignerOptions
   /**

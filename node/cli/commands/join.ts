@@ -13,6 +13,7 @@ import { formatPublicKey, parsePublicKey, readSecretKeyFile, type PublicKey } fr
 import { sandboxPolicy } from '../../nix/nix-config.ts'
 import { parseCompression } from '../../cache/compression.ts'
 import type { SignerOptions } from '../../mesh/mesh-node.ts'
+import { FileJobTrace } from '../../mesh/job-trace.ts'
 
 interface JoinArgs {
   'data-dir': string
@@ -37,6 +38,7 @@ interface JoinArgs {
   'cache-dir'?: string
   'cache-listen'?: string
   'cache-compression': string
+  trace?: string
 }
 
 const list = (v: unknown): string[] => (Array.isArray(v) ? v : [v]).flatMap(x => String(x).split(/[\s,]+/)).filter(x => x !== '')
@@ -66,6 +68,7 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     .option('cache-dir', { type: 'string', describe: 'With --signer: where the binary cache lives', defaultDescription: '<data-dir>/cache' })
     .option('cache-listen', { type: 'string', describe: 'With --signer: HOST:PORT to serve the binary cache over HTTP' })
     .option('cache-compression', { type: 'string', default: 'zstd', choices: ['zstd', 'br', 'none'], describe: 'With --signer: how NARs are compressed in the cache' })
+    .option('trace', { type: 'string', describe: 'Write every job\'s phases (ready, granted, build started/finished, outputs imported) to FILE as Chrome trace-event JSON (chrome://tracing, Perfetto, bench/trace-report.ts)' })
     .option('log-level', { type: 'string', default: process.env.MESHBUILD_LOG ?? 'info', choices: ['error', 'warn', 'info', 'debug'] })
     .example('$0 join', 'join the mesh on this LAN with defaults from the local Nix')
     .example('$0 join --max-jobs 4 --features big,kvm --speed-factor 2', 'a bigger builder')
@@ -107,6 +110,7 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
       minFreeDiskBytes: args['min-free-disk'] * 1024 * 1024,
       log,
       ...(signer !== undefined ? { signer } : {}),
+      ...(args.trace !== undefined ? { trace: new FileJobTrace(args.trace) } : {}),
       ...trust
     })
     const control = await startControlServer(node, socketPath(args['data-dir']), log.child('control'))
