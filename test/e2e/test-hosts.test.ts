@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test'
 import { exec } from '../../node/nix/exec.ts'
 import { shDrv } from '../helpers/nix.ts'
 import { sweepStale, TestNetwork, waitForOutput, type TestHost } from '../helpers/test-hosts.ts'
+import { waitFor } from '../helpers/wait.ts'
 
 const HARNESS_URL = new URL('../helpers/test-hosts.ts', import.meta.url).href
 const MDNS_URL = import.meta.resolve('multicast-dns')
@@ -239,9 +240,12 @@ describe('test network lifetime', { timeout: 120_000 }, () => {
         const [line = ''] = await waitForOutput(child, /\{.*\}/, { timeoutMs: 15_000 })
         const { runId, dir } = JSON.parse(line) as { runId: string, dir: string }
         assert.equal(leftovers(runId).namespaces.length, 1)
-        const inside = spawnSync('ip', ['netns', 'pids', `mbt-${runId}-h0`], { encoding: 'utf8', timeout: 10_000 }).stdout
+        // The spawn's wrapper may still be between fork and exec: wait for the sleep itself.
+        const sleepsInside = (): number[] => spawnSync('ip', ['netns', 'pids', `mbt-${runId}-h0`], { encoding: 'utf8', timeout: 10_000 }).stdout
           .split('\n').filter(l => l !== '').map(Number)
-        assert.equal(inside.length, 1, 'the sleep runs in the host')
+          .filter(pid => { try { return readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'sleep' } catch { return false } })
+        await waitFor(() => sleepsInside().length === 1, 10_000, 'the sleep to run in the host')
+        const inside = sleepsInside()
 
         child.kill(how)
         await exitWithin(child, 10_000)
