@@ -1,0 +1,96 @@
+// What must hold in every simulated run, whatever the policy: no job built twice at once (a
+// checked job's two builds apart), every input built and present on the builder before a build
+// starts, and at the end no job lost. A broken one throws SimInvariantError at once, naming the
+// job, the node and the time.
+import type { SimJob } from './workloads.ts'
+
+export class SimInvariantError extends Error {
+  override name = 'SimInvariantError'
+}
+
+export class BuildTracker {
+  private readonly jobs: readonly SimJob[]
+  /** Builds of each job running now (begun: inputs fetched, Nix started). */
+  private readonly active: Int32Array
+  /** Jobs some node has built successfully: their outputs exist in the mesh. */
+  readonly built: Uint8Array
+  private readonly allowed: (job: number) => number
+  started = 0
+  vanished = 0
+  /** With recordTimeline: every build that began, with its node and times (end -1 while running or lost). */
+  readonly timeline: Array<{ job: number, node: number, start: number, end: number }> = []
+  recordTimeline = false
+  private readonly open = new Map<number, number[]>()
+
+  constructor (jobs: readonly SimJob[], allowedAtOnce: (job: number) => number) {
+    this.jobs = jobs
+    this.active = new Int32Array(jobs.length)
+    this.built = new Uint8Array(jobs.length)
+    this.allowed = allowedAtOnce
+  }
+
+  /** A build of `job` starts on `node`, whose store holds `store`. */
+  begin (job: number, node: number, store: ReadonlySet<number>, now: number): void {
+    const j = this.jobs[job] as SimJob
+    for (const i of j.inputs) {
+      if (this.built[i] !== 1) throw new SimInvariantError(`at ${fmt(now)}: node ${node} started ${j.name} before its input ${(this.jobs[i] as SimJob).name} was built anywhere`)
+      if (!store.has(i)) throw new SimInvariantError(`at ${fmt(now)}: node ${node} started ${j.name} without its input ${(this.jobs[i] as SimJob).name} in its store`)
+    }
+    const n = (this.active[job] ?? 0) + 1
+    if (n > this.allowed(job)) throw new SimInvariantError(`at ${fmt(now)}: ${j.name} is being built ${n} times at once (node ${node} started another build)`)
+    this.active[job] = n
+    this.started++
+    if (this.recordTimeline) {
+      const list = this.open.get(job) ?? []
+      list.push(this.timeline.length)
+      this.open.set(job, list)
+      this.timeline.push({ job, node, start: now, end: -1 })
+    }
+  }
+
+  /** The build finished (ok: its outputs are in the builder's store now). */
+  end (job: number, ok: boolean, now = 0): void {
+    this.release(job)
+    if (ok) this.built[job] = 1
+    const i = this.open.get(job)?.shift()
+    const entry = i === undefined ? undefined : this.timeline[i]
+    if (entry !== undefined) entry.end = now
+  }
+
+  /** The build stopped without a result: aborted, or its node died. */
+  vanish (job: number): void {
+    this.release(job)
+    this.vanished++
+    this.open.get(job)?.shift()
+  }
+
+  private release (job: number): void {
+    const n = (this.active[job] ?? 0) - 1
+    if (n < 0) throw new SimInvariantError(`${(this.jobs[job] as SimJob).name}: a build ended that never began`)
+    this.active[job] = n
+  }
+}
+
+/** How a job ended, as a policy reports it at the end of a run. */
+export type JobEnd = 'built' | 'failed-transient' | 'failed-permanent' | 'dependency-failed' | 'unfinished'
+
+/**
+ * No job lost: every job ended, built unless nodes died (then only transient failures and
+ * their dependents). `ownerHas` says whether the submitter holds the job's outputs.
+ */
+export function checkEnds (jobs: readonly SimJob[], ends: readonly JobEnd[], failuresHappened: boolean, ownerHas: (job: number) => boolean): void {
+  for (const j of jobs) {
+    const end = ends[j.index] ?? 'unfinished'
+    if (end === 'unfinished') throw new SimInvariantError(`${j.name} never finished: lost`)
+    if (end === 'built') {
+      if (!ownerHas(j.index)) throw new SimInvariantError(`${j.name} is built but its outputs never reached the submitter`)
+      continue
+    }
+    if (!failuresHappened) throw new SimInvariantError(`${j.name} ended ${end} although no node failed`)
+    if (end === 'failed-permanent') throw new SimInvariantError(`${j.name} failed permanently; the simulated builders never fail`)
+  }
+}
+
+function fmt (ms: number): string {
+  return `${(ms / 1000).toFixed(3)} s`
+}

@@ -1,0 +1,505 @@
+// meshbuild in the simulator: one real Scheduler per virtual node (node/scheduler/scheduler.ts,
+// the production module, driven only through its exported API), wired as node/mesh/ wires it:
+// - dispatch-loop.ts: every event through handle(event, now), a tick every TICK_MS, peers'
+//   beacons and offers as `peer-seen` (views made by the real PeerTable), silent peers `peer-lost`;
+// - announcer.ts: beacon and offer every BEACON_INTERVAL_MS and ANNOUNCE_DELAY_MS after a
+//   build, job-changed or submission-finished decision;
+// - effects.ts and protocols/: steal → steal-request at the victim → its grant → steal-reply;
+//   renew → lease-renew → renew-reply → lease-renewed / lease-lost; report → result (retried
+//   while the owner is unreachable); import → the NAR from the worker → import-finished;
+// - builder.ts: a stolen job first fetches its .drv and missing inputs from the owner.
+// Each message takes the network's latency; NARs take their size over the sender's uplink.
+import {
+  ANNOUNCE_DELAY_MS, BEACON_INTERVAL_MS, MAX_STEAL_WANT, PEER_EXPIRY_MS, REPORT_GIVE_UP_MS, REPORT_RETRY_MS, TICK_MS
+} from '../../protocols/mesh/constants.ts'
+import type { Beacon, Offer } from '../../protocols/mesh/messages.ts'
+import { PeerTable } from '../../node/mesh/peer-table.ts'
+import type { JobState, WorkItem } from '../../node/scheduler/job.ts'
+import {
+  Scheduler, SCHEDULER_DEFAULTS, type BuildOutcome, type Decision, type PeerView, type SchedulerEvent
+} from '../../node/scheduler/scheduler.ts'
+import type { SimNodeSpec } from './cluster.ts'
+import { SimInvariantError, type JobEnd } from './invariants.ts'
+import { bump } from './metrics.ts'
+import type { Policy } from './policy.ts'
+import { KIND, type World } from './world.ts'
+import { submissionSpec, type SimJob, type Workload } from './workloads.ts'
+
+/** The class every simulated node runs: the production scheduler (a test checks the identity). */
+export const SIMULATED_SCHEDULER = Scheduler
+
+/**
+ * exact: every beacon and offer reaches every peer's scheduler, as on the wire. coalesced: a
+ * publish whose view differs from the sender's previous one only in `running` is not handed to
+ * the receivers' schedulers (it is still counted as sent): what large meshes need to run fast.
+ */
+export type GossipMode = 'exact' | 'coalesced'
+
+export interface MeshbuildOptions {
+  gossip: GossipMode
+  /** Submit with --check-reproducible: every job built on two peers and compared. */
+  check?: boolean
+  seed: number
+}
+
+export const SUBMISSION_ID = 'sim-submission'
+/** Free disk a beacon announces: plenty, the simulator has no disk. */
+const FREE_DISK_BYTES = 1e12
+/** The size of a steal grant's JSON per item, for its transfer time. Assumption: ~400 bytes. */
+const GRANT_ITEM_BYTES = 400
+
+interface Run {
+  token: number
+  job: number
+  item: WorkItem
+  begun: boolean
+}
+
+interface MeshNode {
+  spec: SimNodeSpec
+  index: number
+  id: string
+  scheduler: Scheduler
+  runs: Map<string, Run>
+  beaconSeq: number
+  offerSeq: number
+  lastOfferEmpty: boolean
+  announceDue: boolean
+  lastSignature: string
+  lastPublishAt: number
+}
+
+const TERMINAL: ReadonlySet<JobState> = new Set(['built', 'substituted', 'failed', 'dependency-failed'])
+
+export class MeshbuildPolicy implements Policy {
+  private readonly w: World
+  private readonly workload: Workload
+  private readonly options: MeshbuildOptions
+  private readonly nodes: MeshNode[]
+  private readonly byId = new Map<string, MeshNode>()
+  private readonly jobOf = new Map<string, number>()
+  /** What every peer's PeerTable holds of each publisher: gossip reaches all alive peers in order. */
+  private readonly gossipTable = new PeerTable(PEER_EXPIRY_MS)
+  /** The order in which a publish spreads: a fixed random permutation, read from the publisher on. */
+  private readonly spread: number[]
+  private readonly positionInSpread: Int32Array
+  private readonly lastState: Array<JobState | undefined>
+  private readonly pendingRenewals = new Map<string, { worker: MeshNode, drvPaths: string[], requestedAt: number }>()
+  private tokens = 0
+  private requests = 0
+  private doneAt: number | undefined
+  private ok = false
+
+  constructor (w: World, workload: Workload, options: MeshbuildOptions) {
+    this.w = w
+    this.workload = workload
+    this.options = options
+    workload.jobs.forEach(j => this.jobOf.set(j.drvPath, j.index))
+    this.lastState = new Array<JobState | undefined>(workload.jobs.length).fill(undefined)
+    this.nodes = w.nodes.map(spec => {
+      const scheduler = new Scheduler({
+        ...SCHEDULER_DEFAULTS,
+        selfId: spec.id,
+        capabilities: spec.capabilities,
+        maxJobs: spec.slots,
+        speedFactor: spec.speedFactor,
+        seed: (Math.imul(options.seed, 2654435761) + spec.index * 40503 + 1) >>> 0
+      })
+      const n: MeshNode = {
+        spec, index: spec.index, id: spec.id, scheduler, runs: new Map(),
+        beaconSeq: 0, offerSeq: 0, lastOfferEmpty: true, announceDue: false, lastSignature: '', lastPublishAt: 0
+      }
+      this.byId.set(spec.id, n)
+      return n
+    })
+    this.spread = this.nodes.map(n => n.index)
+    for (let i = this.spread.length - 1; i > 0; i--) {
+      const k = Math.floor(w.random() * (i + 1))
+      const t = this.spread[i] as number
+      this.spread[i] = this.spread[k] as number
+      this.spread[k] = t
+    }
+    this.positionInSpread = new Int32Array(this.spread.length)
+    this.spread.forEach((node, pos) => { this.positionInSpread[node] = pos })
+    w.whenNodeDies(node => { this.onDeath(node) })
+  }
+
+  start (submitAt: number): void {
+    for (const n of this.nodes) {
+      // Each node started at its own moment: its timers run with their own phase.
+      const phase = this.w.random()
+      this.w.at(phase * BEACON_INTERVAL_MS, KIND.beacon, n.index, 0, () => { this.beaconTimer(n) })
+      this.w.at(phase * TICK_MS, KIND.tick, n.index, 0, () => { this.tickTimer(n) })
+    }
+    const owner = this.nodes[0] as MeshNode
+    this.w.at(submitAt, KIND.submit, 0, 0, () => {
+      const spec = submissionSpec(this.workload, SUBMISSION_ID, submitAt, this.options.check === true ? { check: true } : {})
+      this.dispatch(owner, { type: 'submit', submission: spec })
+    })
+  }
+
+  finished (): boolean {
+    return this.doneAt !== undefined
+  }
+
+  finishedAt (): number {
+    return this.doneAt ?? this.w.now
+  }
+
+  ends (): JobEnd[] {
+    const owner = this.nodes[0] as MeshNode
+    const ends: JobEnd[] = new Array<JobEnd>(this.workload.jobs.length).fill('unfinished')
+    for (const j of owner.scheduler.submissionJobs(SUBMISSION_ID)) {
+      const i = this.jobOf.get(j.drvPath)
+      if (i === undefined) continue
+      ends[i] = j.state === 'built' ? 'built'
+        : j.state === 'dependency-failed' ? 'dependency-failed'
+          : j.state === 'failed' ? (j.failure?.kind === 'transient' ? 'failed-transient' : 'failed-permanent')
+            : 'unfinished'
+    }
+    return ends
+  }
+
+  ownerHas (job: number): boolean {
+    return this.w.stores[0]?.has(job) === true
+  }
+
+  /** Whether the submission finished with every job built. */
+  allBuilt (): boolean {
+    return this.ok
+  }
+
+  // --- the dispatch loop ---------------------------------------------------------------------
+
+  private dispatch (n: MeshNode, event: SchedulerEvent): void {
+    if (!this.w.isAlive(n.index)) return
+    const decisions = n.scheduler.handle(event, this.w.now)
+    this.w.counters.handleCalls++
+    for (const d of decisions) this.apply(n, d)
+    this.w.idle.setBusy(n.index, n.scheduler.runningItems().length, this.w.now)
+  }
+
+  private apply (n: MeshNode, d: Decision): void {
+    switch (d.type) {
+      case 'build': this.announceSoon(n); this.startBuild(n, d.item); break
+      case 'abort': this.abort(n, d.owner, d.drvPath); break
+      case 'steal': this.steal(n, d.from, d.want); break
+      case 'grant': this.grant(n, d.to, d.items); break
+      case 'renew': this.renew(n, d.owner, d.drvPaths); break
+      case 'renew-reply': this.renewReply(n, d.requestId, d.lost); break
+      case 'report': this.report(n, d.owner, d.drvPath, d.outcome, this.w.now + REPORT_GIVE_UP_MS); break
+      case 'import': this.importOutputs(n, d.from, d.drvPath); break
+      case 'job-changed': this.announceSoon(n); this.jobChanged(d.job.drvPath, d.job.state); break
+      case 'submission-finished':
+        this.announceSoon(n)
+        if (d.id === SUBMISSION_ID) { this.doneAt = this.w.now; this.ok = d.ok }
+        break
+      case 'sign':
+      case 'discard':
+        bump(this.w.counters.ignoredDecisions, d.type)
+        break
+      default:
+        // A decision this simulator does not know yet (the scheduler grew one): counted, not fatal.
+        bump(this.w.counters.unknownDecisions, (d as { type: string }).type)
+    }
+  }
+
+  private beaconTimer (n: MeshNode): void {
+    if (!this.w.isAlive(n.index) || this.finished()) return
+    this.publish(n)
+    this.w.at(this.w.now + BEACON_INTERVAL_MS, KIND.beacon, n.index, 0, () => { this.beaconTimer(n) })
+  }
+
+  private tickTimer (n: MeshNode): void {
+    if (!this.w.isAlive(n.index) || this.finished()) return
+    this.dispatch(n, { type: 'tick' })
+    this.w.at(this.w.now + TICK_MS, KIND.tick, n.index, 0, () => { this.tickTimer(n) })
+  }
+
+  // --- gossip (announcer.ts, peer-table.ts) --------------------------------------------------
+
+  private announceSoon (n: MeshNode): void {
+    if (n.announceDue) return
+    n.announceDue = true
+    this.w.at(this.w.now + ANNOUNCE_DELAY_MS, KIND.announce, n.index, 0, () => { if (n.announceDue) this.publish(n) })
+  }
+
+  private publish (n: MeshNode): void {
+    if (!this.w.isAlive(n.index)) return
+    n.announceDue = false
+    n.lastPublishAt = this.w.now
+    const s = n.scheduler
+    const caps = n.spec.capabilities
+    const beacon: Beacon = {
+      v: 1,
+      seq: ++n.beaconSeq,
+      systems: [...caps.systems],
+      features: [...caps.features],
+      mandatoryFeatures: [...caps.mandatoryFeatures],
+      maxJobs: n.spec.slots,
+      running: s.runningItems().length,
+      queued: s.queuedCount(),
+      speedFactor: n.spec.speedFactor,
+      load: 0,
+      freeDiskBytes: FREE_DISK_BYTES,
+      diskLow: false,
+      building: [],
+      addresses: []
+    }
+    const c = this.w.counters
+    c.messages++
+    c.gossipPublishes++
+    this.gossipTable.beacon(n.id, beacon, this.w.now)
+    const views: PeerView[] = []
+    const first = this.gossipTable.view(n.id)
+    if (first !== undefined) views.push(first)
+    const entries = s.offer()
+    if (entries.length > 0 || !n.lastOfferEmpty) {
+      const offer: Offer = { v: 1, seq: ++n.offerSeq, entries }
+      c.messages++
+      c.gossipPublishes++
+      this.gossipTable.offer(n.id, offer, this.w.now)
+      const second = this.gossipTable.view(n.id)
+      if (second !== undefined) views.push(second)
+    }
+    n.lastOfferEmpty = entries.length === 0
+    const last = views[views.length - 1]
+    if (last === undefined) return
+    if (this.options.gossip === 'coalesced') {
+      const signature = `${last.queued}|${last.maxJobs}|${last.speedFactor}|${JSON.stringify(last.offers)}|${JSON.stringify(last.capabilities)}`
+      if (signature === n.lastSignature) return
+      n.lastSignature = signature
+      this.deliver(n, [last])
+    } else {
+      this.deliver(n, views)
+    }
+  }
+
+  /** Hop by hop: fanout peers after one hop, fanout² after two, …, each hop one latency later. */
+  private deliver (from: MeshNode, views: PeerView[]): void {
+    const total = this.spread.length
+    const origin = this.positionInSpread[from.index] as number
+    let offset = 1
+    let hop = 1
+    let width = this.w.cal.gossipFanout
+    let delay = 0
+    while (offset < total) {
+      const begin = offset
+      const end = Math.min(total, offset + width)
+      delay += this.w.oneWay()
+      this.w.at(this.w.now + delay, KIND.gossip, from.index, hop, () => {
+        for (let k = begin; k < end; k++) {
+          const r = this.nodes[this.spread[(origin + k) % total] as number] as MeshNode
+          if (!this.w.isAlive(r.index)) continue
+          for (const peer of views) {
+            this.w.counters.gossipDeliveries++
+            this.dispatch(r, { type: 'peer-seen', peer })
+          }
+        }
+      })
+      offset = end
+      hop++
+      width *= this.w.cal.gossipFanout
+    }
+  }
+
+  // --- builds (effects.ts, builder.ts) -------------------------------------------------------
+
+  private startBuild (n: MeshNode, item: WorkItem): void {
+    const job = this.jobOf.get(item.drvPath)
+    if (job === undefined) throw new SimInvariantError(`${n.id} was told to build ${item.drvPath}, which is no job of the workload`)
+    const key = runKey(item.owner, item.drvPath)
+    const run: Run = { token: ++this.tokens, job, item, begun: false }
+    n.runs.set(key, run)
+    if (item.owner === n.id) {
+      this.beginBuild(n, key, run)
+      return
+    }
+    const owner = this.byId.get(item.owner)
+    if (owner === undefined) throw new SimInvariantError(`${n.id} holds a job of unknown owner ${item.owner}`)
+    // One path-info round and one NAR stream: the .drv and the inputs this store lacks.
+    const j = this.workload.jobs[job] as SimJob
+    const store = this.w.stores[n.index] as Set<number>
+    const missing = j.inputs.filter(i => !store.has(i))
+    const bytes = this.w.cal.drvBytes + missing.reduce((s, i) => s + (this.workload.jobs[i] as SimJob).outputBytes, 0)
+    this.w.counters.messages += 4
+    if (!this.w.isAlive(owner.index)) {
+      this.w.at(this.w.now + this.w.cal.deadPeerTimeoutMs, KIND.fetchDone, n.index, job, () => { this.fetchFailed(n, key, run) })
+      return
+    }
+    this.w.send(owner.index, n.index, bytes, missing.length + 1, this.w.now + this.w.roundTrip() + this.w.cal.fetchOverheadMs, KIND.fetchDone, job, () => {
+      if (n.runs.get(key) !== run || !this.w.isAlive(n.index)) return
+      if (!this.w.isAlive(owner.index)) { this.fetchFailed(n, key, run); return }
+      for (const i of missing) store.add(i)
+      this.beginBuild(n, key, run)
+    })
+  }
+
+  private fetchFailed (n: MeshNode, key: string, run: Run): void {
+    if (n.runs.get(key) !== run || !this.w.isAlive(n.index)) return
+    n.runs.delete(key)
+    const outcome: BuildOutcome = { ok: false, failure: { kind: 'transient', message: `fetching inputs from ${run.item.owner} failed: unreachable` } }
+    this.dispatch(n, { type: 'build-finished', owner: run.item.owner, drvPath: run.item.drvPath, outcome })
+  }
+
+  private beginBuild (n: MeshNode, key: string, run: Run): void {
+    this.w.tracker.begin(run.job, n.index, this.w.stores[n.index] as Set<number>, this.w.now)
+    run.begun = true
+    this.w.at(this.w.now + this.w.buildMs(run.job, n.index), KIND.buildDone, n.index, run.job, () => {
+      if (n.runs.get(key) !== run || !this.w.isAlive(n.index)) return
+      n.runs.delete(key)
+      this.w.tracker.end(run.job, true, this.w.now)
+      this.w.stores[n.index]?.add(run.job)
+      const j = this.workload.jobs[run.job] as SimJob
+      const outcome: BuildOutcome = run.item.check === true
+        ? { ok: true, outputs: j.outputs, narHashes: { out: `sha256:${j.drvPath.slice(11, 43)}` } }
+        : { ok: true, outputs: j.outputs }
+      this.dispatch(n, { type: 'build-finished', owner: run.item.owner, drvPath: run.item.drvPath, outcome })
+    })
+  }
+
+  private abort (n: MeshNode, owner: string, drvPath: string): void {
+    const key = runKey(owner, drvPath)
+    const run = n.runs.get(key)
+    if (run === undefined) return
+    n.runs.delete(key)
+    if (run.begun) this.w.tracker.vanish(run.job)
+    this.w.counters.buildsAborted++
+  }
+
+  private onDeath (node: number): void {
+    const n = this.nodes[node] as MeshNode
+    for (const run of n.runs.values()) if (run.begun) this.w.tracker.vanish(run.job)
+    n.runs.clear()
+    // Every peer forgets it at its first tick after PEER_EXPIRY_MS of silence.
+    const at = n.lastPublishAt + PEER_EXPIRY_MS + TICK_MS
+    this.w.at(at, KIND.peerLost, node, 0, () => {
+      for (const r of this.nodes) if (r.index !== node) this.dispatch(r, { type: 'peer-lost', peerId: n.id })
+    })
+  }
+
+  // --- steal, lease, result, import (protocols/) --------------------------------------------
+
+  private steal (thief: MeshNode, victimId: string, want: number): void {
+    const victim = this.byId.get(victimId)
+    if (victim === undefined) throw new SimInvariantError(`${thief.id} tried to steal from unknown peer ${victimId}`)
+    const c = this.w.counters
+    c.steals++
+    c.messages++
+    const requestId = `${thief.id}/${++this.requests}`
+    if (!this.w.isAlive(victim.index)) {
+      this.w.at(this.w.now + this.w.cal.deadPeerTimeoutMs, KIND.stealFailed, thief.index, victim.index, () => {
+        this.dispatch(thief, { type: 'steal-failed', from: victimId, error: 'unreachable' })
+      })
+      return
+    }
+    this.w.at(this.w.now + this.w.oneWay() + this.w.cal.requestServiceMs, KIND.stealArrive, victim.index, thief.index, () => {
+      if (!this.w.isAlive(victim.index)) {
+        this.w.at(this.w.now + this.w.cal.deadPeerTimeoutMs, KIND.stealFailed, thief.index, victim.index, () => {
+          this.dispatch(thief, { type: 'steal-failed', from: victimId, error: 'unreachable' })
+        })
+        return
+      }
+      this.dispatch(victim, {
+        type: 'steal-request', requestId, from: thief.id, capabilities: thief.spec.capabilities, want: Math.min(want, MAX_STEAL_WANT)
+      })
+    })
+  }
+
+  private grant (victim: MeshNode, to: string, items: WorkItem[]): void {
+    const thief = this.byId.get(to)
+    if (thief === undefined) return
+    const c = this.w.counters
+    c.messages++
+    if (items.length === 0) c.emptySteals++
+    c.jobsGranted += items.length
+    const wire = items.length * GRANT_ITEM_BYTES / this.w.cal.narBytesPerMs
+    this.w.at(this.w.now + this.w.oneWay() + wire, KIND.stealReply, thief.index, victim.index, () => {
+      this.dispatch(thief, { type: 'steal-reply', from: victim.id, items: items.map(i => ({ ...i, owner: victim.id })) })
+    })
+  }
+
+  private renew (worker: MeshNode, ownerId: string, drvPaths: string[]): void {
+    const owner = this.byId.get(ownerId)
+    if (owner === undefined) return
+    this.w.counters.messages++
+    const requestedAt = this.w.now
+    const requestId = `${worker.id}/${++this.requests}`
+    this.w.at(this.w.now + this.w.oneWay() + this.w.cal.requestServiceMs, KIND.renewArrive, owner.index, worker.index, () => {
+      // An unreachable owner: the worker keeps building (effects.ts); its tick aborts the build
+      // once no renewal has been confirmed for a whole lease.
+      if (!this.w.isAlive(owner.index)) return
+      this.pendingRenewals.set(requestId, { worker, drvPaths, requestedAt })
+      this.dispatch(owner, { type: 'lease-renew', requestId, from: worker.id, drvPaths })
+      this.pendingRenewals.delete(requestId)
+    })
+  }
+
+  private renewReply (owner: MeshNode, requestId: string, lostPaths: string[]): void {
+    const p = this.pendingRenewals.get(requestId)
+    if (p === undefined) return
+    this.w.counters.messages++
+    const lost = new Set(lostPaths)
+    const held = p.drvPaths.filter(x => !lost.has(x))
+    this.w.at(this.w.now + this.w.oneWay(), KIND.renewReply, p.worker.index, owner.index, () => {
+      if (held.length > 0) this.dispatch(p.worker, { type: 'lease-renewed', owner: owner.id, drvPaths: held, requestedAt: p.requestedAt })
+      if (lostPaths.length > 0) this.dispatch(p.worker, { type: 'lease-lost', owner: owner.id, drvPaths: lostPaths })
+    })
+  }
+
+  private report (worker: MeshNode, ownerId: string, drvPath: string, outcome: BuildOutcome, deadline: number): void {
+    const owner = this.byId.get(ownerId)
+    if (owner === undefined) return
+    this.w.counters.messages++
+    const job = this.jobOf.get(drvPath) ?? -1
+    this.w.at(this.w.now + this.w.oneWay() + this.w.cal.requestServiceMs, KIND.reportArrive, owner.index, job, () => {
+      if (this.w.isAlive(owner.index)) {
+        this.w.counters.messages++ // the reply {accepted}
+        this.dispatch(owner, { type: 'result', from: worker.id, drvPath, outcome })
+        return
+      }
+      // effects.ts: retried every REPORT_RETRY_MS until REPORT_GIVE_UP_MS, while the worker lives.
+      const retryAt = this.w.now + this.w.cal.deadPeerTimeoutMs + REPORT_RETRY_MS
+      if (retryAt > deadline) return
+      this.w.at(retryAt, KIND.reportArrive, worker.index, job, () => {
+        if (this.w.isAlive(worker.index)) this.report(worker, ownerId, drvPath, outcome, deadline)
+      })
+    })
+  }
+
+  private importOutputs (owner: MeshNode, fromId: string, drvPath: string): void {
+    const from = this.byId.get(fromId)
+    const job = this.jobOf.get(drvPath)
+    if (from === undefined || job === undefined) return
+    const j = this.workload.jobs[job] as SimJob
+    this.w.counters.messages += 4 // path-info request and reply, NAR request and stream
+    const fail = (): void => { this.dispatch(owner, { type: 'import-finished', from: fromId, drvPath, error: `${fromId} is unreachable` }) }
+    if (!this.w.isAlive(from.index)) {
+      this.w.at(this.w.now + this.w.cal.deadPeerTimeoutMs, KIND.importDone, owner.index, job, fail)
+      return
+    }
+    this.w.send(from.index, owner.index, j.outputBytes, 1, this.w.now + this.w.roundTrip() + this.w.cal.importOverheadMs, KIND.importDone, job, () => {
+      if (!this.w.isAlive(from.index) || this.w.stores[from.index]?.has(job) !== true) { fail(); return }
+      this.w.stores[owner.index]?.add(job)
+      this.dispatch(owner, { type: 'import-finished', from: fromId, drvPath })
+    })
+  }
+
+  // --- what the owner's jobs do, for the idle-slot measure -----------------------------------
+
+  private jobChanged (drvPath: string, state: JobState): void {
+    const job = this.jobOf.get(drvPath)
+    if (job === undefined) return
+    const before = this.lastState[job]
+    if (before !== undefined && TERMINAL.has(before) && before !== state) {
+      throw new SimInvariantError(`${drvPath} went from ${before} to ${state}`)
+    }
+    this.lastState[job] = state
+    if (before === 'ready' && state !== 'ready') this.w.idle.ready(job, -1, this.w.now)
+    else if (before !== 'ready' && state === 'ready') this.w.idle.ready(job, 1, this.w.now)
+  }
+}
+
+function runKey (owner: string, drvPath: string): string {
+  return `${owner}\n${drvPath}`
+}
