@@ -6,11 +6,13 @@
 // Two profiles. `daemon` (the default) is the store layer of issue 9 (the Nix daemon's worker
 // protocol): its figures come from issue 9's measurements against a running nix-daemon and from
 // docs/benchmarks.md, as named per constant; where neither gives a number, the constant says
-// "assumption" and why the value is plausible. `cli-trace` is the mesh as traced on 2026-12-02
-// (CLI store backend, one nix-store process per operation): the medians of `join --trace` on
-// 3 test hosts × 2 slots (docs/benchmarks.md, "Where the time goes: the trace's reading";
-// /tmp/traces, read with bench/trace-report.ts and per-job medians), with the fixed costs of one
-// fetch and one import set so that the simulated phases have those medians.
+// "assumption" and why the value is plausible. `cli-trace` is the mesh as it runs today (CLI
+// store backend, one nix-store process per operation), from the `join --trace` files of one
+// quiet run of the sleep DAG on 3 test hosts × 2 slots (2026-12-02 21:55 UTC:
+// `BENCH_TRACE_DIR=… BENCH_TARGETS=sleep BENCH_TARGETS_RUNS=3 node --import
+// ./test/helpers/nix-test-env.ts bench/targets.ts`, then `node bench/sim/calibrate.ts` on the
+// traces: medians over 79 stolen jobs); bench/sim/calibrate.ts makes such a profile from any
+// run's traces (`npm run sim -- --calibration-file`).
 import { REPLY_TIMEOUT_MS } from '../../protocols/mesh/constants.ts'
 
 const DAEMON = {
@@ -94,14 +96,16 @@ export type Calibration = { readonly [K in keyof typeof DAEMON]: number }
 /** The traced mesh of 2026-12-02, CLI store backend (see the head of this file). */
 const CLI_TRACE: Calibration = {
   ...DAEMON,
-  /** steal-asked → granted on the thief and owner: 15–22 ms on loopback test hosts, 2 busy cores. */
-  requestServiceMs: 15,
-  /** granted → inputs-fetched: median 775 ms (min 291) over 27 stolen jobs. */
-  fetchOverheadMs: 770,
-  /** result-received → outputs-imported: median 404 ms (min 94). */
-  importOverheadMs: 400,
-  /** build-started → build-finished of a zero-length builder on a worker: median 97 ms (min 38). */
-  buildStartupMs: 97
+  /**
+   * steal-asked → granted: median 5.4 ms (loopback test hosts), less the two one-way latencies.
+   * (An earlier trace of the zero-length DAG, with two test runs sharing the cores, read 39 ms.)
+   */
+  requestServiceMs: 4.4,
+  /** granted → inputs-fetched: median 157 ms, less the round trip and two path imports (loaded: 775 ms). */
+  fetchOverheadMs: 147.5,
+  /** result-received → outputs-imported: median 114 ms, less the round trip and one import (loaded: 404 ms). */
+  importOverheadMs: 106.4
+  // buildStartupMs stays 65 ms: the trace's shortest sleep builds (sleeping 0 s) took 33–64 ms.
 }
 
 export const CALIBRATIONS = { daemon: DAEMON, 'cli-trace': CLI_TRACE } as const satisfies Record<string, Calibration>

@@ -14,7 +14,8 @@
 import { canBuild, requirementsKey } from '../../node/scheduler/matching.ts'
 import type { SimNodeSpec } from './cluster.ts'
 import { SimInvariantError, type JobEnd } from './invariants.ts'
-import { IntHeap, type Policy } from './policy.ts'
+import { IntHeap } from './int-heap.ts'
+import type { Policy } from './policy.ts'
 import { KIND, type World } from './world.ts'
 import type { SimJob, Workload } from './workloads.ts'
 

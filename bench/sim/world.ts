@@ -11,7 +11,6 @@ import type { SimJob } from './workloads.ts'
 
 /** Event kinds, for the trace hash. */
 export const KIND = {
-  start: 1,
   tick: 2,
   beacon: 3,
   announce: 4,
