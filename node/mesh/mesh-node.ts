@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { PEER_EXPIRY_MS } from '../../protocols/mesh/constants.ts'
 import { formatPublicKey } from '../../protocols/nix/signing-key.ts'
 import type { CacheRef } from '../cache/cache-client.ts'
-import { CliStore } from '../nix/cli-store.ts'
+import { openLocalStore } from '../nix/local-store.ts'
 import type { StoreBackend } from '../nix/store-backend.ts'
 import type { Scheduler } from '../scheduler/scheduler.ts'
 import { loadOrCreateNodeKey } from '../signer/node-key.ts'
@@ -46,11 +46,20 @@ export class MeshNode {
   private signQueue!: SignQueue
   private unserve: Unserve[] = []
   private stopping = false
+  /** Set when the node opened its store itself (and so closes it). */
+  private readonly closeStore: () => void
 
   private constructor (options: NodeOptions, network: MeshNetwork) {
     this.options = options
     this.network = network
-    this.store = options.store ?? new CliStore({ settings: { systemFeatures: allFeatures(options.capabilities) } })
+    if (options.store != null) {
+      this.store = options.store
+      this.closeStore = () => {}
+    } else {
+      const store = openLocalStore({ settings: { systemFeatures: allFeatures(options.capabilities) } })
+      this.store = store
+      this.closeStore = () => { store.close() }
+    }
     this.db = new StateDb(join(options.dataDir, 'state'))
   }
 
@@ -139,6 +148,7 @@ export class MeshNode {
     await this.network.stop()
     await this.signerLink.close()
     await this.db.close()
+    this.closeStore()
     this.options.trace?.close()
   }
 

@@ -183,7 +183,10 @@ function importInfo (info: PathInfoMessage): ImportInfo {
     narHash: Hash.parse(info.narHash),
     narSize: info.narSize,
     references: info.references,
-    ...(info.deriver !== undefined ? { deriver: info.deriver } : {})
+    ...(info.deriver !== undefined ? { deriver: info.deriver } : {}),
+    // Kept in the receiving store, as `nix copy` keeps them (the CLI backend cannot).
+    ...(info.signatures !== undefined ? { signatures: info.signatures } : {}),
+    ...(info.ca !== undefined ? { ca: info.ca } : {})
   }
 }
 

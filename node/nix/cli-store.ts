@@ -3,19 +3,18 @@
 // nix-store --import); NARs stream through the child processes' pipes with backpressure in both
 // directions.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import type { Writable } from 'node:stream'
 import { Hash } from '../../protocols/nix/hash.ts'
 import { outputPaths, readDerivation } from '../../protocols/nix/derivation.ts'
-import { exec, killProcessGroups, NixCommandError, processGroupsBelow } from './exec.ts'
+import { exec, NixCommandError, stopOnAbort } from './exec.ts'
 import { nixEnv, type NixSettings } from './nix-config.ts'
 import { isDerivation, isStorePath, NIX_STORE_DIR } from '../../protocols/nix/store-path.ts'
 import { exportEnd, exportHeader, exportTrailer } from './nix-export-format.ts'
-import { NarParser, type NarSink } from '../../protocols/nix/nar-decoder.ts'
-import { NarFormatError } from '../../protocols/nix/nar-format.ts'
+import { referencesFirst } from './closure-order.ts'
+import { checkedNar } from './nar-check.ts'
 import {
-  BUILD_LOG_TAIL_LINES, buildFailureFor, InvalidStorePath, NarHashMismatch, NarOutOfOrder, OperationAborted, PathNotValid,
+  BUILD_LOG_TAIL_LINES, buildFailureFor, InvalidStorePath, NarOutOfOrder, OperationAborted, PathNotValid,
   type ExportOptions, type ImportBatchResult, type ImportInfo, type NarEntry,
   type PathInfo, type RealiseOptions, type RealiseResult, type StoreBackend, type WaitOptions
 } from './store-backend.ts'
@@ -150,7 +149,7 @@ export class CliStore implements StoreBackend {
     })
     child.stderr?.setEncoding('utf8')
     child.stderr?.on('data', (d: string) => log.push(d))
-    const stop = cancelOnAbort(child, options.signal)
+    const stop = stopOnAbort(child, options.signal, KILL_GRACE_MS)
     let code: number
     try {
       code = await exited
@@ -266,30 +265,9 @@ export class CliStore implements StoreBackend {
     }
   }
 
-  /** Writes one NAR to nix-store's stdin: hashed, counted, and framed so that not one byte past its end or past narSize reaches Nix. */
+  /** Writes one NAR to nix-store's stdin, checked (nar-check.ts) so that not one byte past its end or past narSize reaches Nix. */
   private async writeNar (stdin: Writable, info: ImportInfo, nar: AsyncIterable<Uint8Array>, exited: Promise<number>, signal: AbortSignal | undefined): Promise<void> {
-    const hasher = createHash(info.narHash.algorithm)
-    // Nix reads the bytes after a NAR's closing ")" as the registration trailer: a sender whose
-    // "NAR" ran on past its end could register a path of its choosing. The NAR parser refuses
-    // any byte past the end (and any non-canonical framing) before the chunk reaches Nix.
-    const parser = new NarParser(IGNORE_NAR_CONTENTS)
-    let size = 0
-    for await (const chunk of nar) {
-      signal?.throwIfAborted()
-      if (size + chunk.length > info.narSize) {
-        throw new NarHashMismatch(info.path, { hash: info.narHash, size: info.narSize }, { size: size + chunk.length })
-      }
-      inNarOf(info.path, () => { parser.push(chunk) })
-      hasher.update(chunk)
-      size += chunk.length
-      await writeAll(stdin, chunk, exited)
-    }
-    // Compare before the trailer: Nix registers nothing until it has read the trailer.
-    const actual = new Hash(info.narHash.algorithm, hasher.digest())
-    if (size !== info.narSize || !actual.equals(info.narHash)) {
-      throw new NarHashMismatch(info.path, { hash: info.narHash, size: info.narSize }, { hash: actual, size })
-    }
-    inNarOf(info.path, () => { parser.end() })
+    for await (const chunk of checkedNar(info, nar, signal)) await writeAll(stdin, chunk, exited)
   }
 
   /** Output name to path for a built derivation, read from the .drv (one process fewer than `nix show-derivation`). */
@@ -352,35 +330,6 @@ function nixImportError (code: number, stderr: string): Error {
   return new NixCommandError('nix-store --import', code, stderr)
 }
 
-/** The registrations in an order where every path comes after the paths it references. */
-function referencesFirst (byPath: Map<string, PathInfo>): PathInfo[] {
-  const out: PathInfo[] = []
-  const state = new Map<string, 'visiting' | 'done'>()
-  // Iterative depth-first search: a closure can be deeper than the call stack.
-  for (const root of [...byPath.keys()].sort()) {
-    if (state.has(root)) continue
-    const stack: Array<{ path: string, refs: string[], i: number }> = []
-    const push = (p: string): void => {
-      state.set(p, 'visiting')
-      stack.push({ path: p, refs: (byPath.get(p)?.references ?? []).filter(r => r !== p && byPath.has(r)), i: 0 })
-    }
-    push(root)
-    while (stack.length > 0) {
-      const top = stack[stack.length - 1] as { path: string, refs: string[], i: number }
-      const ref = top.refs[top.i++]
-      if (ref === undefined) {
-        stack.pop()
-        state.set(top.path, 'done')
-        out.push(byPath.get(top.path) as PathInfo)
-      } else if (!state.has(ref)) {
-        push(ref)
-      }
-      // A reference cycle (Nix forbids them) would be cut here rather than loop.
-    }
-  }
-  return out
-}
-
 // A function, so that TypeScript does not narrow `signal.aborted` across awaits.
 function isAborted (signal: AbortSignal | undefined): boolean {
   return signal?.aborted === true
@@ -420,35 +369,6 @@ function exitOf (child: ChildProcess): Promise<number> {
   return p
 }
 
-/**
- * On abort, asks nix-store to stop (it then kills its builder), and kills it after a grace time,
- * with every process group under it: a builder whose nix-store was killed outright would go on.
- * Once nix-store has exited after an abort, what is left of those groups is killed too.
- */
-function cancelOnAbort (child: ChildProcess, signal: AbortSignal | undefined): () => void {
-  if (signal == null) return () => {}
-  let timer: NodeJS.Timeout | undefined
-  const groups = new Set<number>()
-  const note = (): void => { for (const g of processGroupsBelow(child.pid)) groups.add(g) }
-  const onAbort = (): void => {
-    note()
-    child.kill('SIGTERM')
-    timer = setTimeout(() => {
-      note()
-      child.kill('SIGKILL')
-      killProcessGroups(groups, 'SIGKILL')
-    }, KILL_GRACE_MS)
-    timer.unref()
-  }
-  if (signal.aborted) onAbort()
-  else signal.addEventListener('abort', onAbort, { once: true })
-  return () => {
-    signal.removeEventListener('abort', onAbort)
-    if (timer != null) clearTimeout(timer)
-    if (signal.aborted) killProcessGroups(groups, 'SIGKILL')
-  }
-}
-
 function lineSplitter (onLine: (line: string) => void): { push: (d: string) => void, end: () => void } {
   let partial = ''
   return {
@@ -477,17 +397,4 @@ function batches<T> (items: T[]): T[][] {
   const out: T[][] = []
   for (let i = 0; i < items.length; i += PATHS_PER_CALL) out.push(items.slice(i, i + PATHS_PER_CALL))
   return out
-}
-
-/** The NAR's framing is checked, its contents are not kept: Nix unpacks them. */
-const IGNORE_NAR_CONTENTS: NarSink = { directory () {}, directoryEnd () {}, file () {}, data () {}, fileEnd () {}, symlink () {} }
-
-/** Runs a NAR parser step; a NarFormatError is rethrown naming the store path it was for. */
-function inNarOf (path: string, step: () => void): void {
-  try {
-    step()
-  } catch (err) {
-    if (!(err instanceof NarFormatError)) throw err
-    throw new NarFormatError(`the NAR of '${path}': ${err.message.replace(/ at byte \d+$/, '')}`, err.offset)
-  }
 }

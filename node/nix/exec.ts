@@ -1,5 +1,5 @@
 // Running Nix's command-line tools: one place that spawns them with meshbuild's settings.
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { nixEnv, type NixSettings } from './nix-config.ts'
 
@@ -109,4 +109,34 @@ function readProcessTable (): Map<number, { ppid: number, pgrp: number }> {
     } catch {}
   }
   return out
+}
+
+/**
+ * On abort, asks a Nix process to stop (SIGTERM: it then kills its builders), and kills it after
+ * a grace time with every process group under it: a builder (in its own session) whose Nix was
+ * killed outright would go on. Once the process has exited after an abort, what is left of those
+ * groups is killed too. Returns the function that ends the watch.
+ */
+export function stopOnAbort (child: ChildProcess, signal: AbortSignal | undefined, graceMs: number): () => void {
+  if (signal == null) return () => {}
+  let timer: NodeJS.Timeout | undefined
+  const groups = new Set<number>()
+  const note = (): void => { for (const g of processGroupsBelow(child.pid)) groups.add(g) }
+  const onAbort = (): void => {
+    note()
+    child.kill('SIGTERM')
+    timer = setTimeout(() => {
+      note()
+      child.kill('SIGKILL')
+      killProcessGroups(groups, 'SIGKILL')
+    }, graceMs)
+    timer.unref()
+  }
+  if (signal.aborted) onAbort()
+  else signal.addEventListener('abort', onAbort, { once: true })
+  return () => {
+    signal.removeEventListener('abort', onAbort)
+    if (timer != null) clearTimeout(timer)
+    if (signal.aborted) killProcessGroups(groups, 'SIGKILL')
+  }
 }

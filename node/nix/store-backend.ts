@@ -1,5 +1,5 @@
-// What meshbuild needs from the local Nix store, apart from how it is reached: the CLI tools
-// today (cli-store.ts), the daemon protocol later. Callers see only this interface.
+// What meshbuild needs from the local Nix store, apart from how it is reached: the Nix daemon's
+// worker protocol (daemon-store.ts) or the CLI tools (cli-store.ts). Callers see only this interface.
 import type { Hash } from '../../protocols/nix/hash.ts'
 
 export interface WaitOptions {
@@ -19,8 +19,11 @@ export interface PathInfo {
   ca?: string
 }
 
-/** What an import needs to register a NAR: the export format carries no signatures or CA. */
-export type ImportInfo = Pick<PathInfo, 'path' | 'narHash' | 'narSize' | 'references' | 'deriver'>
+/**
+ * What an import needs to register a NAR. Signatures and CA are kept where the backend can
+ * register them (the daemon's AddToStoreNar can; the CLI's export format cannot).
+ */
+export type ImportInfo = Pick<PathInfo, 'path' | 'narHash' | 'narSize' | 'references' | 'deriver'> & Partial<Pick<PathInfo, 'signatures' | 'ca'>>
 
 export interface RealiseOptions extends WaitOptions {
   /** Seconds the whole build may take (`--timeout`). */
@@ -167,12 +170,13 @@ export class BuildFailure extends Error {
   override name: string = 'BuildFailure'
   readonly kind: BuildFailureKind = 'transient'
   readonly drvPath: string
+  /** nix-store's exit code, or for the daemon the one its BuildResult status stands for. */
   readonly exitCode: number
   /** The last lines of the build log (at most BUILD_LOG_TAIL_LINES). */
   readonly logTail: string[]
   constructor (drvPath: string, exitCode: number, logTail: string[], what = 'failed') {
     const said = logTail.filter(l => l.startsWith('error:')).at(-1)
-    super(`build of '${drvPath}' ${what} (nix-store exit ${exitCode})${said != null ? `: ${said}` : ''}`)
+    super(`build of '${drvPath}' ${what} (Nix exit status ${exitCode})${said != null ? `: ${said}` : ''}`)
     this.drvPath = drvPath
     this.exitCode = exitCode
     this.logTail = logTail

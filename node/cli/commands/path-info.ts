@@ -4,7 +4,7 @@
 // signed with a Nix secret key file.
 import { realpath } from 'node:fs/promises'
 import type { Argv, CommandModule } from 'yargs'
-import { CliStore } from '../../nix/cli-store.ts'
+import { openLocalStore } from '../../nix/local-store.ts'
 import type { PathInfo } from '../../nix/store-backend.ts'
 import { encodeNix32 } from '../../../protocols/nix/nix32.ts'
 import { formatNarinfo, sortedUnique, type NarInfo } from '../../../protocols/nix/narinfo.ts'
@@ -119,7 +119,8 @@ export const pathInfoCommand: CommandModule<object, PathInfoArgs> = {
     if (notStorePaths.length > 0) {
       throw new CommandFailed(`not a store path in ${NIX_STORE_DIR}: ${notStorePaths.map(p => `'${p}'`).join(', ')}`)
     }
-    const infos = await new CliStore().queryPathInfos(paths)
+    const store = openLocalStore()
+    const infos = await store.queryPathInfos(paths).finally(() => { store.close() })
     const invalid = paths.filter(p => !infos.has(p))
     if (invalid.length > 0) {
       throw new CommandFailed(`not valid in the local store: ${invalid.map(p => `'${p}'`).join(', ')}`)

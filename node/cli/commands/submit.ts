@@ -1,7 +1,7 @@
 // `meshbuild submit FILE`: build the derivations listed in FILE (or stdin) on the mesh.
 import { readFile } from 'node:fs/promises'
 import type { Argv, CommandModule } from 'yargs'
-import { CliStore } from '../../nix/cli-store.ts'
+import { openLocalStore } from '../../nix/local-store.ts'
 import { controlCall, controlRequest, NodeUnavailable } from '../../control/control-client.ts'
 import type { SubmissionReport } from '../../mesh/reports.ts'
 import { checkValid, parseDrvList } from '../drv-list.ts'
@@ -57,7 +57,12 @@ export const submitCommand: CommandModule<object, SubmitArgs> = {
     }
     // Every line checked before anything is queued.
     const entries = parseDrvList(text, source)
-    checkValid(entries, await new CliStore().isValid(entries.map(e => e.drvPath)), source)
+    const store = openLocalStore()
+    try {
+      checkValid(entries, await store.isValid(entries.map(e => e.drvPath)), source)
+    } finally {
+      store.close()
+    }
     const drvPaths = [...new Set(entries.map(e => e.drvPath))]
 
     const reply = await controlCall(args['data-dir'], {
