@@ -43,19 +43,25 @@ async function readDerivations (paths: string[], into: Map<string, Derivation>):
 }
 
 export async function planSubmission (store: StoreBackend, requested: string[], options: PlanOptions): Promise<SubmissionSpec> {
-  const validDrvs = await store.isValid(requested)
+  const drvs = new Map<string, Derivation>()
+  // The store checks the requested .drv files while they are read (the daemon answers in
+  // parallel with the reading); an invalid one is reported as such, even if reading it failed too.
+  const validity = store.isValid(requested)
+  const reading = readDerivations([...new Set(requested)], drvs).then(() => undefined, (err: unknown) => err)
+  const validDrvs = await validity
   const absent = requested.filter(p => !validDrvs.has(p))
   if (absent.length > 0) throw new SubmissionError(`not valid in the local store: ${absent.join(', ')}`)
+  const readError = await reading
+  if (readError !== undefined) throw readError
 
-  const drvs = new Map<string, Derivation>()
   const specs = new Map<string, JobSpec>()
   const substituted: JobSpec[] = []
   const jobs: JobSpec[] = []
   // Breadth-first by levels, one validity query per level.
   let level = [...new Set(requested)]
   while (level.length > 0) {
-    const fresh = level.filter(p => !drvs.has(p))
-    await readDerivations(fresh, drvs)
+    const fresh = level.filter(p => !specs.has(p))
+    await readDerivations(fresh.filter(p => !drvs.has(p)), drvs)
     const outputsOf = new Map(fresh.map(p => [p, [...outputPaths(drvs.get(p) as Derivation).values()]]))
     const allOutputs = [...outputsOf.values()].flat().filter(o => o !== '')
     const valid = await store.isValid(allOutputs)

@@ -8,7 +8,8 @@
 //            a worker gets a job's .drv closure and its inputs in one round.
 // nar:       1. requester writes {paths}; 2. for each path the server writes a header {path, info}
 //            followed by exactly info.narSize bytes of NAR, or a header {path, error} and nothing.
-import { inputDrvPaths, outputPaths, readDerivation } from '../../protocols/nix/derivation.ts'
+import { inputDrvPaths, outputPaths } from '../../protocols/nix/derivation.ts'
+import { readDerivationCached } from '../nix/derivation-cache.ts'
 import { Hash } from '../../protocols/nix/hash.ts'
 import { MAX_LIST_ITEMS, MAX_REQUEST_BYTES, NAR_IDLE_TIMEOUT_MS } from '../../protocols/mesh/constants.ts'
 import { validateNarHeader, type NarConsumer, type PathInfoMessage } from '../../protocols/mesh/messages.ts'
@@ -40,9 +41,9 @@ export async function inputOutputs (drvPaths: string[]): Promise<string[]> {
   for (const drvPath of drvPaths) {
     if (!drvPath.endsWith('.drv')) continue
     try {
-      const drv = await readDerivation(drvPath)
+      const drv = await readDerivationCached(drvPath)
       for (const inputDrv of inputDrvPaths(drv)) {
-        const outs = outputPaths(await readDerivation(inputDrv))
+        const outs = outputPaths(await readDerivationCached(inputDrv))
         for (const name of drv.inputDrvs.get(inputDrv) ?? []) {
           const p = outs.get(name)
           if (p !== undefined && p !== '') out.add(p)

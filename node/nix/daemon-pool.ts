@@ -1,9 +1,9 @@
 // A small pool of daemon connections, each serving one caller at a time. Queries share at most
-// `size` connections; builds take a connection of their own (they hold it for minutes). A
-// connection is replaced after `recycleAfter` requests or MAX_AGE_MS, and closed after IDLE_MS
-// unused: the daemon keeps temporary roots per connection (every path a build or an import
-// touched), which keep those paths from the garbage collector until the connection ends. One
-// that anything went wrong on is closed at once.
+// `size` connections; builds and NAR streams take a connection of their own (they hold it as
+// long as the build runs or the peer reads). A connection is replaced after `recycleAfter`
+// requests or MAX_AGE_MS, and closed after IDLE_MS unused: the daemon keeps temporary roots per
+// connection (every path a build or an import touched), which keep those paths from the garbage
+// collector until the connection ends. One that anything went wrong on is closed at once.
 import { DaemonConnection, type DaemonOpenOptions } from './daemon-connection.ts'
 import { OperationAborted } from './store-backend.ts'
 

@@ -2,7 +2,8 @@
 // (daemon-pool.ts) instead of a Nix process per operation. Queries take ~0.1–1 ms where a
 // process takes ~30 ms; NARs stream through the connection with backpressure both ways.
 import { availableParallelism } from 'node:os'
-import { outputPaths, readDerivation } from '../../protocols/nix/derivation.ts'
+import { outputPaths } from '../../protocols/nix/derivation.ts'
+import { readDerivationCached } from './derivation-cache.ts'
 import { BuildStatus, DaemonError, type BuildResult } from '../../protocols/nix/daemon-wire.ts'
 import { isDerivation, isStorePath, NIX_STORE_DIR } from '../../protocols/nix/store-path.ts'
 import { referencesFirst } from './closure-order.ts'
@@ -17,6 +18,8 @@ import {
 } from './store-backend.ts'
 
 export const DEFAULT_POOL_SIZE = 4
+/** Paths per connection below which a validity query is not split. */
+export const PARALLEL_QUERY_MIN = 2000
 export const DEFAULT_RECYCLE_AFTER = 1000
 /** How long an aborted build's daemon gets to stop its builder before it is killed. */
 export const BUILD_KILL_GRACE_MS = 5_000
@@ -53,11 +56,13 @@ export class DaemonStore implements StoreBackend {
   readonly storeDir = NIX_STORE_DIR
   private readonly settings: NixSettings
   private readonly pool: DaemonPool
+  private readonly poolSize: number
 
   constructor (init: DaemonStoreInit = {}) {
     this.settings = init.settings ?? {}
     const open = init.socketPath != null ? { socketPath: init.socketPath } : { settings: this.settings }
-    this.pool = new DaemonPool(open, init.poolSize ?? DEFAULT_POOL_SIZE, init.recycleAfter ?? DEFAULT_RECYCLE_AFTER)
+    this.poolSize = init.poolSize ?? DEFAULT_POOL_SIZE
+    this.pool = new DaemonPool(open, this.poolSize, init.recycleAfter ?? DEFAULT_RECYCLE_AFTER)
   }
 
   get stats (): PoolStats { return this.pool.stats }
@@ -65,7 +70,13 @@ export class DaemonStore implements StoreBackend {
   async isValid (paths: string[], options: WaitOptions = {}): Promise<Set<string>> {
     this.checkPaths(paths)
     if (paths.length === 0) return new Set()
-    return await this.withConnection('validity query', options.signal, async c => await c.isValid([...new Set(paths)]))
+    const unique = [...new Set(paths)]
+    // The daemon answers one path at a time (a database lookup each, ~20 µs): a long list is
+    // split over the pool's connections, whose daemons look up in parallel.
+    const parts = chunks(unique, Math.min(this.poolSize, Math.ceil(unique.length / PARALLEL_QUERY_MIN)))
+    const answers = await Promise.all(parts.map(async part =>
+      await this.withConnection('validity query', options.signal, async c => await c.isValid(part))))
+    return answers.length === 1 ? answers[0] as Set<string> : new Set(answers.flatMap(a => [...a]))
   }
 
   async queryPathInfo (path: string, options: WaitOptions = {}): Promise<PathInfo | null> {
@@ -162,7 +173,7 @@ export class DaemonStore implements StoreBackend {
         unwatch()
       }
       // A build changes the connection's settings: system features set for one build must not stay for the next.
-    }, { own: true, closeAfter: options.systemFeatures != null && this.settings.systemFeatures == null })
+    }, { own: true, abortCloses: false, closeAfter: options.systemFeatures != null && this.settings.systemFeatures == null })
     if (!SUCCESS.has(result.status)) {
       if (result.errorMsg.includes(`cannot build missing derivation '${drvPath}'`) || result.errorMsg.includes(`path '${drvPath}' is not valid`)) {
         throw new PathNotValid(drvPath)
@@ -176,7 +187,9 @@ export class DaemonStore implements StoreBackend {
   async * exportNar (path: string, options: ExportOptions = {}): AsyncGenerator<Uint8Array> {
     this.checkPaths([path])
     const { signal } = options
-    const lease = await this.pool.acquire(signal)
+    // A NAR streams as fast as its consumer (a peer) reads it: on a connection of its own, so
+    // that slow consumers cannot hold every query up.
+    const lease = await this.pool.acquire(signal, true)
     const onAbort = (): void => { lease.conn.close() }
     signal?.addEventListener('abort', onAbort, { once: true })
     let complete = false
@@ -210,6 +223,7 @@ export class DaemonStore implements StoreBackend {
     const imported: string[] = []
     let current: string | undefined
     try {
+      // Its own connection, as for an export: the NARs come as fast as a peer sends them.
       await this.withConnection('import', signal, async c => {
         for (const info of infos) {
           current = info.path
@@ -222,7 +236,7 @@ export class DaemonStore implements StoreBackend {
         current = undefined
         const extra = await source.next()
         if (extra.done !== true) throw new NarOutOfOrder(undefined, extra.value.path)
-      })
+      }, { own: true, abortCloses: true })
       return { imported }
     } catch (err) {
       await source.return?.()
@@ -239,10 +253,10 @@ export class DaemonStore implements StoreBackend {
    * unknown state, so it is closed and the next request opens another.
    */
   private async withConnection<T> (what: string, signal: AbortSignal | undefined, fn: (c: DaemonConnection) => Promise<T>,
-    options: { own?: boolean, closeAfter?: boolean } = {}): Promise<T> {
+    options: { own?: boolean, closeAfter?: boolean, abortCloses?: boolean } = {}): Promise<T> {
     const lease: Lease = await this.pool.acquire(signal, options.own === true)
     // Builds watch the abort themselves (the daemon must first stop its builder).
-    const onAbort = (): void => { if (options.own !== true) lease.conn.close() }
+    const onAbort = (): void => { if (options.abortCloses !== false) lease.conn.close() }
     signal?.addEventListener('abort', onAbort, { once: true })
     let broken = options.closeAfter === true
     try {
@@ -259,7 +273,7 @@ export class DaemonStore implements StoreBackend {
 
   /** Output name to path: from the .drv, or (floating content-addressed outputs) from the build's realisations. */
   private async outputsOf (drvPath: string, result: BuildResult, signal: AbortSignal | undefined): Promise<Record<string, string>> {
-    const drv = await readDerivation(drvPath, signal != null ? { signal } : {})
+    const drv = await readDerivationCached(drvPath, signal != null ? { signal } : {})
     const outputs: Record<string, string> = Object.fromEntries(outputPaths(drv))
     for (const [id, json] of Object.entries(result.builtOutputs)) {
       const name = id.slice(id.lastIndexOf('!') + 1)
@@ -281,6 +295,15 @@ function stripAnsi (text: string): string { return text.replace(/\x1b\[[0-9;]*[A
 
 // A function, so that TypeScript does not narrow `signal.aborted` across awaits.
 function isAborted (signal: AbortSignal | undefined): boolean { return signal?.aborted === true }
+
+/** `items` in `n` slices of about equal length (at least one). */
+function chunks<T> (items: T[], n: number): T[][] {
+  const count = Math.max(1, n)
+  const size = Math.ceil(items.length / count)
+  const out: T[][] = []
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
+  return out.length > 0 ? out : [[]]
+}
 
 /** A .drv as a derived path meaning all its outputs; any other path as itself. */
 function derivedPath (path: string): string { return isDerivation(path) ? `${path}!*` : path }
