@@ -44,6 +44,34 @@ describe('traceReport', () => {
   })
 })
 
+describe('criticalPath', () => {
+  it('walks back from the job built last through the input that released each job, summing each gap', () => {
+    // a (own build) releases b, stolen; c is independent and built before b became ready.
+    const events = [
+      ev(OWNER, 'a', 'ready', 0), ev(OWNER, 'c', 'ready', 0), ev(OWNER, 'a', 'build-started', 1), ev(OWNER, 'c', 'build-started', 2),
+      ev(OWNER, 'c', 'build-finished', 5), ev(OWNER, 'c', 'built', 5),
+      ev(OWNER, 'a', 'build-finished', 11), ev(OWNER, 'a', 'built', 11), ev(OWNER, 'b', 'ready', 11), ev(OWNER, 'b', 'granted', 13),
+      ev(WORKER, 'b', 'inputs-fetched', 15), ev(WORKER, 'b', 'build-started', 16), ev(WORKER, 'b', 'build-finished', 36),
+      ev(OWNER, 'b', 'result-received', 38), ev(OWNER, 'b', 'outputs-imported', 41), ev(OWNER, 'b', 'built', 41)
+    ]
+    const cp = traceReport(events).criticalPath
+    assert.deepEqual(cp.drvs, ['a', 'b'])
+    assert.equal(cp.spanMs, 41)
+    assert.deepEqual(Object.fromEntries(cp.gaps.map(g => [g.gap, g.ms])), {
+      'ready→build-started': 1,
+      'build-started→build-finished': 30,
+      'build-finished→built': 0,
+      'release (built → next ready)': 0,
+      'ready→granted': 2,
+      'granted→inputs-fetched': 2,
+      'inputs-fetched→build-started': 1,
+      'build-finished→result-received': 2,
+      'result-received→outputs-imported': 3,
+      'outputs-imported→built': 0
+    })
+  })
+})
+
 describe('parseTrace', () => {
   const lines = workerTrace.map(e => JSON.stringify(e))
   it('reads a closed file', () => {
