@@ -34,7 +34,11 @@ export interface DaemonOpenOptions {
   settings?: NixSettings
   /** Connect to this daemon socket instead of starting `nix-daemon --stdio`. */
   socketPath?: string
+  /** How long the handshake may take before the connection is given up (default 30 s). */
+  openTimeoutMs?: number
 }
+
+const OPEN_TIMEOUT_MS = 30_000
 
 /** SetOptions: what a build may take, sent before each build (the daemon keeps them per connection). */
 export interface BuildSettings {
@@ -131,6 +135,9 @@ export class DaemonConnection {
   static async open (options: DaemonOpenOptions = {}): Promise<DaemonConnection> {
     const transport = options.socketPath != null ? socketTransport(options.socketPath) : childTransport(options.settings)
     const reader = new WireReader(transport.input[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>)
+    const timeoutMs = options.openTimeoutMs ?? OPEN_TIMEOUT_MS
+    let timedOut = false
+    const timer = setTimeout(() => { timedOut = true; transport.destroy() }, timeoutMs)
     try {
       await write(transport.output, new WireWriter().u64(WORKER_MAGIC_1).toBytes())
       const server = await readServerHello(reader)
@@ -142,7 +149,10 @@ export class DaemonConnection {
       return new DaemonConnection(transport, reader, version, nixVersion)
     } catch (err) {
       transport.destroy()
+      if (timedOut) throw new DaemonConnectionLost(`${transport.describe} did not complete the handshake within ${timeoutMs} ms`)
       throw lost(err, transport)
+    } finally {
+      clearTimeout(timer)
     }
   }
 
@@ -353,8 +363,15 @@ async function write (output: Writable, bytes: Uint8Array): Promise<void> {
   }
 }
 
+/** Errors of the stream itself: the daemon (or its socket) went away. */
+const GONE_CODES = new Set(['ERR_STREAM_PREMATURE_CLOSE', 'ECONNRESET', 'EPIPE', 'ECONNREFUSED', 'ENOENT', 'EACCES'])
+
 function lost (err: unknown, transport: Transport): Error {
   if (err instanceof DaemonConnectionLost) return err
+  const code = (err as { code?: unknown }).code
+  if (typeof code === 'string' && GONE_CODES.has(code)) {
+    return new DaemonConnectionLost(`${transport.describe} (${transport.exitReason()}): ${(err as Error).message}`)
+  }
   if (!(err instanceof DaemonProtocolError) || !/closed while reading/.test(err.message)) return err as Error
   const tail = transport.stderrTail()
   return new DaemonConnectionLost(`${transport.describe} (${transport.exitReason()}): ${err.message}${tail !== '' ? `; its stderr: ${tail}` : ''}`)

@@ -23,6 +23,11 @@ export const PARALLEL_QUERY_MIN = 2000
 export const DEFAULT_RECYCLE_AFTER = 1000
 /** How long an aborted build's daemon gets to stop its builder before it is killed. */
 export const BUILD_KILL_GRACE_MS = 5_000
+/**
+ * How long a query (not a build, not a NAR stream) may go unanswered before its connection is
+ * closed: a daemon that stopped answering must fail the request, not hang the node.
+ */
+export const DEFAULT_QUERY_TIMEOUT_MS = 120_000
 
 export interface DaemonStoreInit {
   /** NIX_CONFIG for the `nix-daemon --stdio` children (as root). */
@@ -33,6 +38,15 @@ export interface DaemonStoreInit {
   poolSize?: number
   /** Requests after which a connection is replaced. */
   recycleAfter?: number
+  /** See DEFAULT_QUERY_TIMEOUT_MS. */
+  queryTimeoutMs?: number
+  /** How long a new connection's handshake may take (default 30 s). */
+  openTimeoutMs?: number
+}
+
+/** The daemon did not answer a query in time; its connection was closed. */
+export class DaemonTimeout extends Error {
+  override name = 'DaemonTimeout'
 }
 
 /** The exit code `nix-store --realise` gives for each failed BuildResult status (see buildFailureFor). */
@@ -57,11 +71,16 @@ export class DaemonStore implements StoreBackend {
   private readonly settings: NixSettings
   private readonly pool: DaemonPool
   private readonly poolSize: number
+  private readonly queryTimeoutMs: number
 
   constructor (init: DaemonStoreInit = {}) {
     this.settings = init.settings ?? {}
-    const open = init.socketPath != null ? { socketPath: init.socketPath } : { settings: this.settings }
+    const open = {
+      ...(init.socketPath != null ? { socketPath: init.socketPath } : { settings: this.settings }),
+      ...(init.openTimeoutMs != null ? { openTimeoutMs: init.openTimeoutMs } : {})
+    }
     this.poolSize = init.poolSize ?? DEFAULT_POOL_SIZE
+    this.queryTimeoutMs = init.queryTimeoutMs ?? DEFAULT_QUERY_TIMEOUT_MS
     this.pool = new DaemonPool(open, this.poolSize, init.recycleAfter ?? DEFAULT_RECYCLE_AFTER)
   }
 
@@ -259,13 +278,20 @@ export class DaemonStore implements StoreBackend {
     const onAbort = (): void => { if (options.abortCloses !== false) lease.conn.close() }
     signal?.addEventListener('abort', onAbort, { once: true })
     let broken = options.closeAfter === true
+    let timedOut = false
+    // Queries only: a build or a NAR stream takes as long as it takes.
+    const timer = options.own === true
+      ? undefined
+      : setTimeout(() => { timedOut = true; lease.conn.close() }, this.queryTimeoutMs)
     try {
       return await fn(lease.conn)
     } catch (err) {
       if (!(err instanceof DaemonError)) broken = true
       if (signal?.aborted === true) throw new OperationAborted(what, signal.reason)
+      if (timedOut) throw new DaemonTimeout(`the Nix daemon did not answer the ${what} within ${this.queryTimeoutMs} ms`)
       throw fromDaemon(err)
     } finally {
+      if (timer !== undefined) clearTimeout(timer)
       signal?.removeEventListener('abort', onAbort)
       lease.release(broken || signal?.aborted === true)
     }
