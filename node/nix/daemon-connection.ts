@@ -14,7 +14,7 @@ import {
   OP_QUERY_VALID_PATHS, OP_QUERY_PATH_INFO, OP_QUERY_PATH_FROM_HASH_PART, OP_ADD_TEMP_ROOT, OP_QUERY_MISSING,
   OP_SET_OPTIONS, OP_BUILD_PATHS_WITH_RESULTS, OP_NAR_FROM_PATH, OP_ADD_TO_STORE_NAR
 } from '../../protocols/nix/daemon-wire.ts'
-import { stopOnAbort } from './exec.ts'
+import { killProcessGroups, processGroupsBelow, stopOnAbort } from './exec.ts'
 import { nixEnv, type NixSettings } from './nix-config.ts'
 import { InvalidStorePath, type ImportInfo, type PathInfo } from './store-backend.ts'
 
@@ -90,7 +90,10 @@ function childTransport (settings: NixSettings | undefined): Transport {
     exitReason: () => child.exitCode !== null ? `exit code ${child.exitCode}` : child.signalCode !== null ? `signal ${child.signalCode}` : 'closed its output',
     destroy: () => {
       if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return
+      // A builder runs in a session of its own: killed with the daemon's group, it would go on.
+      const builders = processGroupsBelow(child.pid)
       try { process.kill(-child.pid, 'SIGKILL') } catch { /* already gone */ }
+      killProcessGroups(builders, 'SIGKILL')
     },
     stopOnAbort: (signal, graceMs) => stopOnAbort(child, signal, graceMs)
   }

@@ -194,10 +194,11 @@ export class DaemonStore implements StoreBackend {
       // A build changes the connection's settings: system features set for one build must not stay for the next.
     }, { own: true, abortCloses: false, closeAfter: options.systemFeatures != null && this.settings.systemFeatures == null })
     if (!SUCCESS.has(result.status)) {
-      if (result.errorMsg.includes(`cannot build missing derivation '${drvPath}'`) || result.errorMsg.includes(`path '${drvPath}' is not valid`)) {
+      const message = stripAnsi(result.errorMsg)
+      if (message.includes(`cannot build missing derivation '${drvPath}'`) || message.includes(`path '${drvPath}' is not valid`)) {
         throw new PathNotValid(drvPath)
       }
-      const said = stripAnsi(result.errorMsg).split('\n')[0] ?? ''
+      const said = message.split('\n')[0] ?? ''
       throw buildFailureFor(drvPath, exitCodeFor(result.status), said !== '' ? [...tail, `error: ${said.replace(/^error: /, '')}`].slice(-BUILD_LOG_TAIL_LINES) : tail)
     }
     return { outputs: await this.outputsOf(drvPath, result, signal) }
@@ -268,8 +269,8 @@ export class DaemonStore implements StoreBackend {
 
   /**
    * Runs `fn` on a pooled connection. An abort closes the connection (the daemon stops what it
-   * was doing); any failure but the daemon's own error reply leaves the connection in an
-   * unknown state, so it is closed and the next request opens another.
+   * was doing); any failure leaves the connection in an unknown state, so it is closed and the
+   * next request opens another.
    */
   private async withConnection<T> (what: string, signal: AbortSignal | undefined, fn: (c: DaemonConnection) => Promise<T>,
     options: { own?: boolean, closeAfter?: boolean, abortCloses?: boolean } = {}): Promise<T> {
@@ -286,7 +287,9 @@ export class DaemonStore implements StoreBackend {
     try {
       return await fn(lease.conn)
     } catch (err) {
-      if (!(err instanceof DaemonError)) broken = true
+      // Even a daemon's error reply can leave the connection unusable: one about a request it
+      // was still reading (a bad CA in AddToStoreNar) is its last word before it exits.
+      broken = true
       if (signal?.aborted === true) throw new OperationAborted(what, signal.reason)
       if (timedOut) throw new DaemonTimeout(`the Nix daemon did not answer the ${what} within ${this.queryTimeoutMs} ms`)
       throw fromDaemon(err)
@@ -337,8 +340,9 @@ function derivedPath (path: string): string { return isDerivation(path) ? `${pat
 /** The daemon's error, as the backend's own error class where one fits. */
 function fromDaemon (err: unknown): unknown {
   if (!(err instanceof DaemonError)) return err
-  const invalid = /path '([^']+)' is not valid/.exec(err.message)
+  const message = stripAnsi(err.message)
+  const invalid = /path '([^']+)' is not valid/.exec(message)
   if (invalid?.[1] != null) return new PathNotValid(invalid[1])
-  return err
+  return new DaemonError(message)
 }
 
