@@ -10,7 +10,8 @@ const benches: Array<{ name: string, load: () => Promise<BenchModule> }> = [
   { name: 'cache', load: async () => await import('./cache.ts') },
   { name: 'mesh', load: async () => await import('./mesh.ts') },
   { name: 'targets', load: async () => await import('./targets.ts') },
-  { name: 'signer', load: async () => await import('./signer.ts') }
+  { name: 'signer', load: async () => await import('./signer.ts') },
+  { name: 'store', load: async () => await import('./store.ts') }
 ]
 
 const only = process.argv.slice(2)

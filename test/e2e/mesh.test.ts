@@ -99,6 +99,17 @@ describe('a mesh of three test hosts', { timeout: 600_000 }, () => {
     }
     assert.match(r.stdout, new RegExp(top.replace(/\.drv$/, '').slice(44)))
 
+    // An output copied from the peer that built it keeps that peer's signature in A's store, as
+    // `nix copy` keeps it (node keys are named <hostname>-<last 8 of the peer id>).
+    const fromPeers = results.filter(x => x.builtBy !== a.peerId && x.builtBy !== undefined)
+    assert.ok(fromPeers.length > 0, 'some job was built by another host')
+    for (const x of fromPeers) {
+      for (const out of Object.values(x.outputs)) {
+        const sigs = (await a.host.execText('nix', ['path-info', '--sigs', out])).trim()
+        assert.match(sigs, new RegExp(`-${(x.builtBy ?? '').slice(-8)}:[A-Za-z0-9+/=]{88}`), `${out} in A's store, built by ${x.builtBy ?? '?'}: ${sigs}`)
+      }
+    }
+
     const s = await status(a)
     assert.deepEqual(s.peers.map(p => p.peerId).sort(), nodes.slice(1).map(n => n.peerId).sort())
     assert.ok(s.peers.every(p => p.systems.length > 0 && p.maxJobs === 2 && typeof p.speedFactor === 'number'))
