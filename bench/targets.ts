@@ -12,7 +12,8 @@
 //
 // The makespan of the mesh is the `meshbuild submit` wall time (the client's start included, as
 // a user sees it); the owner's own `submission … finished` log line gives the time inside the node.
-// BENCH_TARGETS=sleep,zero,independent,planning,memory picks parts; BENCH_TARGETS_RUNS the runs.
+// BENCH_TARGETS=sleep,zero,independent,planning,memory picks parts; BENCH_TARGETS_RUNS the runs;
+// BENCH_INDEPENDENT_JOBS the size of the independent part (2,000).
 // BENCH_TRACE_DIR=DIR starts every node with `--trace DIR/<node>.json` and keeps the traces.
 import { randomBytes } from 'node:crypto'
 import { readFile, mkdir } from 'node:fs/promises'
@@ -33,7 +34,7 @@ const SLEEP_LAYERS = 5
 const SLEEP_WIDTH = 8
 const SLEEP_MAX_S = 4
 const ZERO_LAYERS = [1, 15, 20, 15, 8, 1]
-const INDEPENDENT_JOBS = 2_000
+const INDEPENDENT_JOBS = Number(process.env.BENCH_INDEPENDENT_JOBS ?? 2_000)
 const PLAN_JOBS = 50_000
 const QUEUED_JOBS = 10_000
 const BUILD_TIMEOUT_MS = 600_000
