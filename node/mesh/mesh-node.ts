@@ -2,10 +2,12 @@
 // starts them in order and stops them in reverse. What each does is in its own file.
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { PEER_EXPIRY_MS } from '../../protocols/mesh/constants.ts'
+import { PEER_EXPIRY_MS, TOPIC_BEACON, TOPIC_OFFER } from '../../protocols/mesh/constants.ts'
 import { formatPublicKey } from '../../protocols/nix/signing-key.ts'
 import type { CacheRef } from '../cache/cache-client.ts'
 import { openLocalStore } from '../nix/local-store.ts'
+import { startHttpListener, type HttpListener } from '../observe/http-listener.ts'
+import { NodeMetrics } from '../observe/metrics.ts'
 import type { StoreBackend } from '../nix/store-backend.ts'
 import type { Scheduler } from '../scheduler/scheduler.ts'
 import { loadOrCreateNodeKey } from '../signer/node-key.ts'
@@ -44,6 +46,7 @@ export class MeshNode {
   private effects!: Effects
   private submissions!: Submissions
   private signQueue!: SignQueue
+  private httpListener: HttpListener | undefined
   private unserve: Unserve[] = []
   private stopping = false
   /** Set when the node opened its store itself (and so closes it). */
@@ -85,6 +88,8 @@ export class MeshNode {
   private get scheduler (): Scheduler { return this.loop.scheduler }
   /** Builds this node ran, by outcome, since it started (for status and tests). */
   get counters (): BuildCounters { return this.effects.counters }
+  /** `http://host:port` of the HTTP listener (join --http-listen), when it has one. */
+  get httpUrl (): string | undefined { return this.httpListener?.url }
 
   private async startServices (): Promise<void> {
     const { options: o, network, store, db, peers } = this
@@ -116,6 +121,17 @@ export class MeshNode {
       onDisk: (low) => { dispatch({ type: 'disk', low }) }
     })
     for (const s of [this.effects, this.submissions, this.announcer]) loop.subscribe(s.onDecision)
+    const metrics = new NodeMetrics({
+      slots: () => ({ total: o.maxJobs, busy: scheduler.runningItems().length }),
+      jobStates: () => scheduler.jobStateCounts(),
+      peers: () => peers.list().length,
+      localBuilds: () => this.counters,
+      ...(o.signer !== undefined ? { signer: () => signerLink.figures() } : {})
+    })
+    loop.subscribe(metrics.onDecision)
+    network.on('beacon', () => { metrics.gossipReceived(TOPIC_BEACON) })
+    network.on('offer', () => { metrics.gossipReceived(TOPIC_OFFER) })
+    network.on('nar-bytes', (direction, _peer, bytes) => { metrics.narBytesStreamed(direction, bytes) })
     if (o.trace !== undefined) {
       o.trace.start(network.peerId)
       loop.subscribe(traceDecisions(o.trace, network.peerId))
@@ -133,6 +149,10 @@ export class MeshNode {
     )
     signerLink.startOffering()
     this.announcer.start()
+    if (o.httpListen !== undefined) {
+      this.httpListener = await startHttpListener(metrics, { ...o.httpListen, log: log.child('http') })
+      log.info(`metrics on ${this.httpListener.url}/metrics`)
+    }
   }
 
   /** Stops: gives stolen jobs back to their owners, aborts builds, closes everything. */
@@ -141,6 +161,7 @@ export class MeshNode {
     this.stopping = true
     this.loop.stop()
     this.announcer.stop()
+    await this.httpListener?.close()
     await this.signerLink.stop()
     await this.effects.stop()
     await Promise.allSettled(this.unserve.map(async u => { await u() }))
@@ -172,7 +193,8 @@ export class MeshNode {
       submissionReport: (id) => this.submissions.report(id),
       counters: this.counters,
       signQueuePending: () => this.signQueue.pending(),
-      signer: () => this.signerLink.status()
+      signer: () => this.signerLink.status(),
+      ...(this.httpUrl !== undefined ? { httpUrl: this.httpUrl } : {})
     })
   }
 }

@@ -67,6 +67,8 @@ export interface NetworkEvents {
   offer: (from: string, offer: Offer) => void
   'peer-connected': (peerId: string) => void
   'peer-disconnected': (peerId: string) => void
+  /** NAR bytes streamed with a peer (store-transfer.ts reports them; the metrics count them). */
+  'nar-bytes': (direction: 'sent' | 'received', peer: string, bytes: number) => void
 }
 
 /** An inbound stream refused because its peer opens them faster than its protocol's rate. */
@@ -94,7 +96,7 @@ export class MeshNetwork {
   private readonly limiters = new Map<string, RateLimiter>()
   private readonly redials = new Map<string, NodeJS.Timeout>()
   private readonly listeners: { [K in keyof NetworkEvents]: Array<NetworkEvents[K]> } = {
-    beacon: [], offer: [], 'peer-connected': [], 'peer-disconnected': []
+    beacon: [], offer: [], 'peer-connected': [], 'peer-disconnected': [], 'nar-bytes': []
   }
 
   constructor (init: NetworkInit) {
@@ -139,6 +141,11 @@ export class MeshNetwork {
 
   on<K extends keyof NetworkEvents> (event: K, listener: NetworkEvents[K]): void {
     this.listeners[event].push(listener)
+  }
+
+  /** Tells the 'nar-bytes' listeners of NAR bytes streamed over a stream of this network. */
+  countNarBytes (direction: 'sent' | 'received', peer: string, bytes: number): void {
+    this.emit('nar-bytes', direction, peer, bytes)
   }
 
   get peerId (): string {

@@ -48,6 +48,8 @@ export interface NodeOptions {
   cachePublicKeys?: string[]
   /** From --cache-url: the shared cache named directly (needs cachePublicKeys). */
   cacheUrl?: string
+  /** From --http-listen: where the read-only HTTP listener (/metrics) binds; none when absent. */
+  httpListen?: { host: string, port: number }
 }
 
 /** The shared cache this node uses, how it was chosen, and the signers it ignores. */

@@ -18,6 +18,8 @@ export interface StatusSources {
   counters: BuildCounters
   signQueuePending: () => number
   signer: () => { signer?: SignerStatus, cache: CacheStatus }
+  /** The HTTP listener's base URL, when the node has one. */
+  httpUrl?: string
 }
 
 export function nodeStatus (src: StatusSources): StatusReport {
@@ -50,7 +52,8 @@ export function nodeStatus (src: StatusSources): StatusReport {
     penalties: network.penalties(),
     refusedStreams: network.refusedStreams(),
     signQueue: src.signQueuePending(),
-    ...src.signer()
+    ...src.signer(),
+    ...(src.httpUrl !== undefined ? { http: { url: src.httpUrl, metrics: `${src.httpUrl}/metrics` } } : {})
   }
 }
 

@@ -94,6 +94,8 @@ export interface StatusReport {
   penalties: Array<{ peer: string, reason: string, since: string, until: string, count: number }>
   /** Inbound streams refused per protocol because a peer opened them too fast, since start. */
   refusedStreams: Record<string, number>
+  /** The node's HTTP listener (join --http-listen), when it has one. */
+  http?: { url: string, metrics: string }
 }
 
 const SHOWN: Record<Job['state'], ResultState> = {

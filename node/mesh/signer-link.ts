@@ -18,6 +18,7 @@ import { requestSign, serveSign } from './protocols/sign.ts'
 import type { CacheStatus, SignerStatus } from './reports.ts'
 import type { Unserve } from './rpc.ts'
 import { toMessage } from '../nix/path-info-message.ts'
+import type { SignerFigures } from '../observe/metrics.ts'
 
 export interface SignerLinkInit {
   network: MeshNetwork
@@ -89,6 +90,13 @@ export class SignerLink {
     if (this.signer === undefined || this.cache === undefined) return undefined
     const { paths, narBytes, hits, misses } = this.cache.stats()
     return { cacheKey: this.signer.publicCacheKey(), cacheUrls: this.cacheUrls(), paths, narBytes, hits, misses }
+  }
+
+  /** The cache's figures for the metrics, when this node is the signer. */
+  figures (): SignerFigures | undefined {
+    if (this.signer === undefined || this.cache === undefined) return undefined
+    const { paths, narBytes, hits, misses } = this.cache.stats()
+    return { paths, narBytes, hits, misses, refused: this.signer.counters.rejected }
   }
 
   /**

@@ -87,6 +87,7 @@ export async function serveStore (network: MeshNetwork, store: StoreBackend, log
       for await (const chunk of store.exportNar(path, { knownValid: true })) {
         await channel.write(chunk)
         sent += chunk.byteLength
+        network.countNarBytes('sent', peer, chunk.byteLength)
       }
       if (sent !== info.narSize) throw new ProtocolError(`NAR of ${path} was ${sent} bytes, registered as ${info.narSize}`)
     }
@@ -247,13 +248,14 @@ export async function * receiveNars (network: MeshNetwork, peer: string, paths: 
       const nar = (async function * () {
         for await (const chunk of raw) {
           left -= chunk.byteLength
+          network.countNarBytes('received', peer, chunk.byteLength)
           yield chunk
         }
       })()
       yield { info: header.info, nar }
       // A consumer may skip a NAR, or close it without reading (the path became valid meanwhile):
       // read past what is left of it from the channel itself, so the next header is found.
-      if (left > 0) for await (const _ of channel.readRaw(left, { idleTimeoutMs: NAR_IDLE_TIMEOUT_MS, signal })) {}
+      if (left > 0) for await (const chunk of channel.readRaw(left, { idleTimeoutMs: NAR_IDLE_TIMEOUT_MS, signal })) network.countNarBytes('received', peer, chunk.byteLength)
     }
     await channel.close()
     done = true

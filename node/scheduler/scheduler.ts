@@ -188,6 +188,13 @@ export class Scheduler {
     return n
   }
 
+  /** This node's jobs by state (for the metrics' queue gauge). */
+  jobStateCounts (): Map<JobState, number> {
+    const counts = new Map<JobState, number>()
+    for (const j of this.jobs.values()) counts.set(j.state, (counts.get(j.state) ?? 0) + 1)
+    return counts
+  }
+
   /** Ready jobs it will not start now, grouped for the offer gossip; empty when there are none. */
   offer (): OfferEntry[] {
     const groups = new Map<string, OfferEntry>()

@@ -121,7 +121,7 @@ describe('the HTTP cache under 300 slow clients', { timeout: 300_000 }, () => {
       s.on('close', () => { resolve(Date.now() - started) })
       s.resume()
     })))
-    // CACHE_HEADERS_TIMEOUT_MS (5 s) plus a checking interval; generous for a loaded machine.
+    // HTTP_HEADERS_TIMEOUT_MS (5 s, node/http/bounded-server.ts) plus a checking interval; generous for a loaded machine.
     for (const ms of closed) assert.ok(ms < 20_000, `a slow connection stayed ${ms} ms`)
   })
 })

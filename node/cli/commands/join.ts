@@ -14,6 +14,7 @@ import { sandboxPolicy } from '../../nix/nix-config.ts'
 import { parseCompression } from '../../cache/compression.ts'
 import type { SignerOptions } from '../../mesh/mesh-node.ts'
 import { FileJobTrace } from '../../mesh/job-trace.ts'
+import { HTTP_LISTEN_DEFAULT_HOST } from '../../observe/http-listener.ts'
 
 interface JoinArgs {
   'data-dir': string
@@ -39,6 +40,7 @@ interface JoinArgs {
   'cache-listen'?: string
   'cache-compression': string
   trace?: string
+  'http-listen': string
 }
 
 const list = (v: unknown): string[] => (Array.isArray(v) ? v : [v]).flatMap(x => String(x).split(/[\s,]+/)).filter(x => x !== '')
@@ -68,11 +70,13 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     .option('cache-dir', { type: 'string', describe: 'With --signer: where the binary cache lives', defaultDescription: '<data-dir>/cache' })
     .option('cache-listen', { type: 'string', describe: 'With --signer: HOST:PORT to serve the binary cache over HTTP' })
     .option('cache-compression', { type: 'string', default: 'zstd', choices: ['zstd', 'br', 'none'], describe: 'With --signer: how NARs are compressed in the cache' })
+    .option('http-listen', { type: 'string', default: `${HTTP_LISTEN_DEFAULT_HOST}:0`, describe: `[HOST:]PORT of this node's read-only HTTP listener (/metrics for Prometheus, /healthz); loopback (${HTTP_LISTEN_DEFAULT_HOST}) unless HOST names another interface; "off" for none`, defaultDescription: `${HTTP_LISTEN_DEFAULT_HOST}, a free port (shown by status)` })
     .option('trace', { type: 'string', describe: 'Write every job\'s phases (ready, granted, build started/finished, outputs imported) to FILE as Chrome trace-event JSON (chrome://tracing, Perfetto, bench/trace-report.ts)' })
     .option('log-level', { type: 'string', default: process.env.MESHBUILD_LOG ?? 'info', choices: ['error', 'warn', 'info', 'debug'] })
     .example('$0 join', 'join the mesh on this LAN with defaults from the local Nix')
     .example('$0 join --max-jobs 4 --features big,kvm --speed-factor 2', 'a bigger builder')
-    .example('$0 join --signer --cache-key cache.sec --cache-listen 0.0.0.0:8080', 'the signing node, serving the shared cache') as unknown as Argv<JoinArgs>,
+    .example('$0 join --signer --cache-key cache.sec --cache-listen 0.0.0.0:8080', 'the signing node, serving the shared cache')
+    .example('$0 join --http-listen 9464', 'metrics for a local Prometheus at http://127.0.0.1:9464/metrics') as unknown as Argv<JoinArgs>,
   handler: async (args) => {
     if (!isLogLevel(args['log-level'])) throw new UsageError(`unknown log level ${args['log-level']}`)
     const log = createLogger('meshbuild', args['log-level'])
@@ -80,6 +84,7 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     const maxJobs = args['max-jobs'] ?? availableParallelism()
     if (!Number.isInteger(maxJobs) || maxJobs < 0) throw new UsageError(`--max-jobs must be a whole number, not ${maxJobs}`)
     if (!(args['speed-factor'] > 0)) throw new UsageError('--speed-factor must be positive')
+    const httpListen = args['http-listen'] === 'off' ? undefined : parseHostPort('--http-listen', args['http-listen'], HTTP_LISTEN_DEFAULT_HOST)
     const mesh = await resolveMeshSecret({ open: args.open, dataDir: args['data-dir'], ...(args['mesh-secret-file'] !== undefined ? { file: args['mesh-secret-file'] } : {}) })
     for (const [level, text] of membershipMessages(mesh)) log[level](text)
     const meshSecret = mesh.secret
@@ -111,6 +116,7 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
       log,
       ...(signer !== undefined ? { signer } : {}),
       ...(args.trace !== undefined ? { trace: new FileJobTrace(args.trace) } : {}),
+      ...(httpListen !== undefined ? { httpListen } : {}),
       ...trust
     })
     const control = await startControlServer(node, socketPath(args['data-dir']), log.child('control'))
@@ -142,19 +148,27 @@ async function signerOptions (args: JoinArgs): Promise<SignerOptions | undefined
   const keyFile = args['cache-key']
   if (keyFile === undefined) throw new UsageError('--signer needs --cache-key FILE (make one with: meshbuild key generate NAME --secret-file FILE --public-file FILE.pub)')
   const cacheKey = await readSecretKeyFile(keyFile)
-  let cacheListen: { host: string, port: number } | undefined
-  if (args['cache-listen'] !== undefined) {
-    const m = /^(.*):(\d+)$/.exec(args['cache-listen'])
-    const port = Number(m?.[2])
-    if (m?.[1] === undefined || m[1] === '' || !(port >= 0 && port < 65536)) throw new UsageError(`--cache-listen takes HOST:PORT, not ${args['cache-listen']}`)
-    cacheListen = { host: m[1].replace(/^\[|\]$/g, ''), port }
-  }
+  const cacheListen = args['cache-listen'] !== undefined ? parseHostPort('--cache-listen', args['cache-listen']) : undefined
   return {
     cacheKey,
     cacheDir: args['cache-dir'] ?? join(args['data-dir'], 'cache'),
     compression: parseCompression(args['cache-compression']),
     ...(cacheListen !== undefined ? { cacheListen } : {})
   }
+}
+
+/**
+ * `HOST:PORT` (`[v6]:PORT` too) of a listening option. With `defaultHost`, `PORT` and `:PORT`
+ * alone are taken on that host; without it the host must be named.
+ */
+export function parseHostPort (option: string, text: string, defaultHost?: string): { host: string, port: number } {
+  const m = /^(?:(.*):)?(\d+)$/.exec(text)
+  const port = Number(m?.[2])
+  const host = m?.[1] === undefined || m[1] === '' ? defaultHost : m[1].replace(/^\[|\]$/g, '')
+  if (m === null || host === undefined || host === '' || !(port >= 0 && port < 65536)) {
+    throw new UsageError(`${option} takes ${defaultHost !== undefined ? '[HOST:]PORT' : 'HOST:PORT'}, not ${text}`)
+  }
+  return { host, port }
 }
 
 /** --trusted-keys, --cache-public-key and --cache-url: whom this node trusts, from its own configuration. */
