@@ -6,7 +6,6 @@ import { REPORT_GIVE_UP_MS, REPORT_RETRY_MS } from '../../protocols/mesh/constan
 import type { BuildOutcome, Decision, SchedulerEvent } from '../scheduler/scheduler.ts'
 import type { WorkItem } from '../scheduler/job.ts'
 import type { CacheRef } from '../cache/cache-client.ts'
-import { exec } from '../nix/exec.ts'
 import type { StoreBackend } from '../nix/store-backend.ts'
 import type { SignQueue } from '../signer/sign-queue.ts'
 import type { Logger } from '../log.ts'
@@ -195,9 +194,12 @@ export class Effects {
    * so nothing of it is used or cached. A path something else references stays (Nix refuses).
    */
   private async discardOutputs (drvPath: string, paths: string[]): Promise<void> {
-    const r = await exec('nix-store', ['--delete', ...paths]).catch((err: unknown) => ({ code: -1, stderr: (err as Error).message }))
-    if (r.code === 0) this.init.log.warn(`${drvPath} is not deterministic: deleted its outputs built here (${paths.join(', ')})`)
-    else this.init.log.warn(`${drvPath} is not deterministic; deleting its outputs built here failed: ${r.stderr.trim().split('\n').slice(-1)[0] ?? ''}`)
+    try {
+      await this.init.store.deletePaths(paths)
+      this.init.log.warn(`${drvPath} is not deterministic: deleted its outputs built here (${paths.join(', ')})`)
+    } catch (err) {
+      this.init.log.warn(`${drvPath} is not deterministic; deleting its outputs built here failed: ${(err as Error).message.trim().split('\n').slice(-1)[0] ?? ''}`)
+    }
   }
 }
 

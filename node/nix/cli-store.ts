@@ -265,6 +265,11 @@ export class CliStore implements StoreBackend {
     }
   }
 
+  async deletePaths (paths: string[], options: WaitOptions = {}): Promise<void> {
+    this.checkPaths(paths)
+    if (paths.length > 0) await this.run('nix-store', ['--delete', ...new Set(paths)], options)
+  }
+
   /** Writes one NAR to nix-store's stdin, checked (nar-check.ts) so that not one byte past its end or past narSize reaches Nix. */
   private async writeNar (stdin: Writable, info: ImportInfo, nar: AsyncIterable<Uint8Array>, exited: Promise<number>, signal: AbortSignal | undefined): Promise<void> {
     for await (const chunk of checkedNar(info, nar, signal)) await writeAll(stdin, chunk, exited)

@@ -12,7 +12,7 @@ import {
   WireWriter, WireReader, readStderr, readServerHello, readBuildResult, readNar, frameHeader, DaemonProtocolError,
   WORKER_MAGIC_1, PROTOCOL_VERSION, FRAME_END, VERBOSITY_ERROR, type BuildResult,
   OP_QUERY_VALID_PATHS, OP_QUERY_PATH_INFO, OP_QUERY_PATH_FROM_HASH_PART, OP_ADD_TEMP_ROOT, OP_QUERY_MISSING,
-  OP_SET_OPTIONS, OP_BUILD_PATHS_WITH_RESULTS, OP_NAR_FROM_PATH, OP_ADD_TO_STORE_NAR
+  OP_SET_OPTIONS, OP_BUILD_PATHS_WITH_RESULTS, OP_NAR_FROM_PATH, OP_ADD_TO_STORE_NAR, OP_COLLECT_GARBAGE, GC_DELETE_SPECIFIC
 } from '../../protocols/nix/daemon-wire.ts'
 import { killProcessGroups, processGroupsBelow, stopOnAbort } from './exec.ts'
 import { nixEnv, type NixSettings } from './nix-config.ts'
@@ -70,6 +70,8 @@ interface Transport {
   stderrTail: () => string
   /** Why it went away, when it did. */
   exitReason: () => string
+  /** Settles once the daemon (or the socket) is gone, with the temporary roots it held. */
+  readonly gone: Promise<void>
   destroy: () => void
   /** Asks it to stop a running build (SIGTERM, then SIGKILL with its process groups). */
   stopOnAbort: (signal: AbortSignal, graceMs: number) => () => void
@@ -82,7 +84,13 @@ function childTransport (settings: NixSettings | undefined): Transport {
   child.on('error', (err) => { tail += ` (${err.message})` })
   child.stdin?.on('error', () => {}) // EPIPE when the daemon is gone: the next read says so
   if (child.stdin == null || child.stdout == null) throw new DaemonProtocolError('nix-daemon has no pipes')
+  const gone = new Promise<void>(resolve => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve()
+    child.once('exit', () => { resolve() })
+    child.once('error', () => { resolve() })
+  })
   return {
+    gone,
     input: child.stdout,
     output: child.stdin,
     describe: 'nix-daemon --stdio',
@@ -103,7 +111,9 @@ function socketTransport (path: string): Transport {
   const socket = createConnection(path)
   let error = ''
   socket.on('error', (err) => { error = err.message })
+  const gone = new Promise<void>(resolve => { socket.once('close', () => { resolve() }) })
   return {
+    gone,
     input: socket,
     output: socket,
     describe: `the Nix daemon at ${path}`,
@@ -331,6 +341,29 @@ export class DaemonConnection {
       await replied
     })
   }
+
+  /**
+   * Deletes `paths` (CollectGarbage, gcDeleteSpecific) unless something keeps them alive: a
+   * reference, a GC root, or a temporary root of a live connection. Invalid paths' leftovers on
+   * disk go too. Returns the paths deleted.
+   */
+  async deleteSpecific (paths: string[]): Promise<string[]> {
+    for (const p of paths) this.check(p)
+    const body = new WireWriter().u64(OP_COLLECT_GARBAGE).u64(GC_DELETE_SPECIFIC).strings(paths)
+      .bool(false) // ignore liveness: refused by the daemon anyway
+      .u64Max() // max freed
+      .u64(0).u64(0).u64(0) // obsolete
+      .toBytes()
+    return await this.request(body, async (r) => {
+      const deleted = await r.readStrings('deleted paths')
+      await r.readU64('bytes freed')
+      await r.readU64('obsolete')
+      return deleted
+    })
+  }
+
+  /** Settles once the daemon is gone (its temporary roots released). */
+  get gone (): Promise<void> { return this.transport.gone }
 
   /** Stops a build running on this connection when `signal` aborts; returns the unwatch. */
   watchAbort (signal: AbortSignal, graceMs: number): () => void { return this.transport.stopOnAbort(signal, graceMs) }

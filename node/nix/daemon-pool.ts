@@ -47,6 +47,7 @@ export class DaemonPool {
   private sweeper: NodeJS.Timeout | undefined
   private readonly waiters: Waiter[] = []
   private readonly all = new Set<DaemonConnection>()
+  private readonly closing = new Set<Promise<void>>()
   /** Query leases out now. */
   private busy = 0
   private closed = false
@@ -131,6 +132,17 @@ export class DaemonPool {
   private drop (conn: DaemonConnection): void {
     conn.close()
     this.all.delete(conn)
+    this.closing.add(conn.gone)
+    void conn.gone.then(() => { this.closing.delete(conn.gone) })
+  }
+
+  /**
+   * Closes the idle connections and waits until every connection closed so far is gone: after
+   * it, no temporary root of this pool's is left but those of connections in use.
+   */
+  async releaseRoots (): Promise<void> {
+    for (const conn of this.idle.splice(0)) this.drop(conn)
+    await Promise.all([...this.closing])
   }
 
   /** Closes connections left unused for IDLE_MS, so that an idle node holds no daemon and no roots. */

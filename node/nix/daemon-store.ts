@@ -260,8 +260,33 @@ export class DaemonStore implements StoreBackend {
       return { imported }
     } catch (err) {
       await source.return?.()
+      if (current !== undefined) await this.removeLeftover(current)
       if (isAborted(signal)) throw new OperationAborted(`import of '${current ?? infos[0]?.path ?? ''}'`, signal?.reason)
       throw err
+    }
+  }
+
+  async deletePaths (paths: string[], options: WaitOptions = {}): Promise<void> {
+    this.checkPaths(paths)
+    if (paths.length === 0) return
+    // This store's own idle connections hold temporary roots on what they built or imported.
+    await this.pool.releaseRoots()
+    await this.withConnection('delete', options.signal, async c => { await c.deleteSpecific([...new Set(paths)]) }, { own: true })
+  }
+
+  /**
+   * After a failed import: the daemon restores a NAR into the store as it reads it and leaves
+   * what it wrote when the stream breaks off. Once the connection is gone (and its temporary
+   * root with it), the invalid leftover is deleted; a path another import is writing stays
+   * (that daemon's temporary root keeps it alive).
+   */
+  private async removeLeftover (path: string): Promise<void> {
+    try {
+      await this.pool.releaseRoots()
+      if ((await this.isValid([path])).has(path)) return
+      await this.withConnection('delete of a failed import', undefined, async c => await c.deleteSpecific([path]), { own: true })
+    } catch {
+      // Garbage a later import or GC removes: never the import's error.
     }
   }
 

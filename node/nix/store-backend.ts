@@ -88,6 +88,11 @@ export interface StoreBackend {
    * it has read its trailer, and the trailer of entry k is never written.
    */
   importNars: (infos: ImportInfo[], nars: AsyncIterable<NarEntry>, options?: WaitOptions) => Promise<ImportBatchResult>
+  /**
+   * Deletes `paths` from the store, as `nix-store --delete` does: refused (an error naming the
+   * path) for one that something still needs (a referrer, a GC root, a build or import in progress).
+   */
+  deletePaths: (paths: string[], options?: WaitOptions) => Promise<void>
 }
 
 /** A string that is not a store path of this store (`/nix/store/<32 nix32 chars>-<name>`). */

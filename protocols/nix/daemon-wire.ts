@@ -20,6 +20,7 @@ export const STDERR_RESULT = 0x52534c54
 export const OP_IS_VALID_PATH = 1
 export const OP_ADD_TEMP_ROOT = 11
 export const OP_SET_OPTIONS = 19
+export const OP_COLLECT_GARBAGE = 20
 export const OP_QUERY_PATH_INFO = 26
 export const OP_QUERY_PATH_FROM_HASH_PART = 29
 export const OP_QUERY_VALID_PATHS = 31
@@ -27,6 +28,9 @@ export const OP_NAR_FROM_PATH = 38
 export const OP_ADD_TO_STORE_NAR = 39
 export const OP_QUERY_MISSING = 40
 export const OP_BUILD_PATHS_WITH_RESULTS = 46
+
+/** GCOptions::gcDeleteSpecific: delete the paths given, if nothing keeps them alive. */
+export const GC_DELETE_SPECIFIC = 3
 
 /** The result type of one line of a builder's output (Nix's `resBuildLogLine`). */
 export const RESULT_BUILD_LOG_LINE = 101
@@ -85,6 +89,12 @@ export class WireWriter {
   }
 
   bool (value: boolean): this { return this.u64(value ? 1 : 0) }
+
+  /** 2^64 − 1, "no limit" in Nix's fields (a GC's maxFreed). */
+  u64Max (): this {
+    this.chunks.push(new Uint8Array(WORD).fill(0xff))
+    return this
+  }
 
   bytes (data: Uint8Array): this {
     this.u64(data.length)

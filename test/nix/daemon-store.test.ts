@@ -460,6 +460,21 @@ describe('DaemonStore.realise', { timeout: TEST_TIMEOUT }, () => {
     })
   }
 
+  it('deletePaths removes what this store just built (its own temporary roots released), and refuses a path still referenced, leaving it', async () => {
+    const dep = await drvOf('del-dep', `echo dep-${tag} > $out`)
+    const depOut = (await within(store.realise(dep), BUILD_MS, 'realise dep')).outputs.out ?? ''
+    const top = await drvOf('del-top', `echo ${depOut} > $out`, `deps = [ (builtins.storePath ${JSON.stringify(depOut)}) ];`)
+    const topOut = (await within(store.realise(top), BUILD_MS, 'realise top')).outputs.out ?? ''
+    // The build's connection roots its output: plain nix-store --delete is refused now.
+    const plain = await exec('nix-store', ['--delete', topOut])
+    assert.notEqual(plain.code, 0, 'nix-store --delete succeeded though the build\'s connection roots the path')
+    await assert.rejects(within(store.deletePaths([depOut]), REQUEST_MS, 'delete of a referenced path'), /still alive/)
+    await within(store.deletePaths([topOut]), REQUEST_MS, 'deletePaths')
+    assert.equal((await store.isValid([topOut])).has(topOut), false)
+    // The refused one is untouched (top's .drv still references it).
+    assert.equal((await store.isValid([depOut])).has(depOut), true)
+  })
+
   it('a missing .drv is PathNotValid, not a build failure', async () => {
     const err = await rejection(store.realise(missingPath('8', '.drv')), 'realise of a missing .drv')
     assert.ok(err instanceof PathNotValid, `${err.name}: ${err.message}`)
