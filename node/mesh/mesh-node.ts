@@ -14,6 +14,7 @@ import { loadOrCreateNodeKey } from '../signer/node-key.ts'
 import { SignQueue } from '../signer/sign-queue.ts'
 import { StateDb } from '../state/state-db.ts'
 import { Announcer } from './announcer.ts'
+import { BuildLogs, type SourcedFrame } from './build-logs.ts'
 import { DispatchLoop } from './dispatch-loop.ts'
 import { traceDecisions } from './job-trace.ts'
 import { Effects, type BuildCounters } from './effects.ts'
@@ -24,6 +25,7 @@ import { nodeStatus } from './node-status.ts'
 import { PeerTable } from './peer-table.ts'
 import { peerTrust } from './peer-trust.ts'
 import { serveLease } from './protocols/lease.ts'
+import { serveLog } from './protocols/log.ts'
 import { serveResult } from './protocols/result.ts'
 import { serveSteal } from './protocols/steal.ts'
 import type { StatusReport, SubmissionReport } from './reports.ts'
@@ -46,6 +48,7 @@ export class MeshNode {
   private effects!: Effects
   private submissions!: Submissions
   private signQueue!: SignQueue
+  private buildLogs!: BuildLogs
   private httpListener: HttpListener | undefined
   private unserve: Unserve[] = []
   private stopping = false
@@ -120,7 +123,20 @@ export class MeshNode {
       selfSigner: () => signerLink.selfSigner(),
       onDisk: (low) => { dispatch({ type: 'disk', low }) }
     })
-    for (const s of [this.effects, this.submissions, this.announcer]) loop.subscribe(s.onDecision)
+    const buildLogs = this.buildLogs = new BuildLogs({
+      selfId: network.peerId,
+      logDir: join(o.dataDir, 'logs'),
+      network,
+      log: log.child('logs'),
+      runningHere: (drvPath) => scheduler.runningItems().some(i => i.drvPath === drvPath),
+      job: (drvPath) => scheduler.job(drvPath),
+      submissionJobs: (id) => scheduler.submissionJobs(id),
+      allJobs: () => scheduler.submissionIds().flatMap(id => scheduler.submissionJobs(id)),
+      peersBuilding: (drvPath) => peers.list().filter(p => p.beacon.building.includes(drvPath)).map(p => p.peerId),
+      peers: () => peers.list().map(p => p.peerId),
+      deriver: async (path) => (await store.queryPathInfos([path])).get(path)?.deriver
+    })
+    for (const s of [this.effects, this.submissions, this.announcer, buildLogs]) loop.subscribe(s.onDecision)
     const metrics = new NodeMetrics({
       slots: () => ({ total: o.maxJobs, busy: scheduler.runningItems().length }),
       jobStates: () => scheduler.jobStateCounts(),
@@ -139,13 +155,15 @@ export class MeshNode {
 
     await this.announcer.checkDisk()
     await this.submissions.start()
+    await buildLogs.start()
     dispatch({ type: 'disk', low: this.announcer.diskLow })
     loop.start()
     this.unserve.push(
       await serveSteal(network, { dispatch, leaseMs: () => scheduler.config.leaseMs, log }),
       await serveLease(network, { dispatch, log }),
       await serveResult(network, { dispatch, knows: (drvPath) => scheduler.job(drvPath) !== undefined }),
-      await serveStore(network, store, log.child('store'), nodeKey.secret)
+      await serveStore(network, store, log.child('store'), nodeKey.secret),
+      await serveLog(network, buildLogs.local, log.child('logs'))
     )
     signerLink.startOffering()
     this.announcer.start()
@@ -161,6 +179,7 @@ export class MeshNode {
     this.stopping = true
     this.loop.stop()
     this.announcer.stop()
+    this.buildLogs.stop()
     await this.httpListener?.close()
     await this.signerLink.stop()
     await this.effects.stop()
@@ -182,6 +201,17 @@ export class MeshNode {
 
   /** Calls `listener` with the submission's report on every change until it finishes. */
   watch (id: string, listener: SubmissionListener): () => void { return this.submissions.watch(id, listener) }
+
+  /** The derivation a .drv or output path names, if this node's jobs or store know it. */
+  async derivationOf (path: string): Promise<string | undefined> { return await this.buildLogs.derivationOf(path) }
+
+  /** The build log of `drvPath` from this node or the peer that has it (build-logs.ts). */
+  readLog (drvPath: string, follow: boolean, signal: AbortSignal): AsyncIterable<SourcedFrame> { return this.buildLogs.read(drvPath, follow, signal) }
+
+  /** For submit -L: the log lines of the submission's builds until `stop` (then to their ends) or `cancel`. */
+  async watchLogs (id: string, onLines: (drvPath: string, lines: string[]) => void, stop: AbortSignal, cancel: AbortSignal): Promise<void> {
+    await this.buildLogs.watchSubmission(id, onLines, stop, cancel)
+  }
 
   status (): StatusReport {
     return nodeStatus({

@@ -13,6 +13,7 @@ export const PROTOCOL_RESULT = '/meshbuild/result/1.0.0'
 export const PROTOCOL_PATH_INFO = '/meshbuild/path-info/1.0.0'
 export const PROTOCOL_NAR = '/meshbuild/nar/1.0.0'
 export const PROTOCOL_SIGN = '/meshbuild/sign/1.0.0'
+export const PROTOCOL_LOG = '/meshbuild/log/1.0.0'
 
 /** mDNS service name: meshbuild nodes answer only each other, not every libp2p app on the LAN. */
 export const MDNS_SERVICE_TAG = '_meshbuild._udp.local'
@@ -47,6 +48,21 @@ export const MAX_BUILDING_LISTED = 64
 
 /** The signer answers a sign offer after pulling and storing every NAR in it. */
 export const SIGN_REPLY_TIMEOUT_MS = 30 * 60_000
+/** log: the most of an existing log sent at once (its last bytes, from a line start). */
+export const LOG_BACKLOG_BYTES = 4 * 1024 * 1024
+/** log: the most bytes one request is sent in all, following included; then it ends. */
+export const LOG_MAX_BYTES_PER_REQUEST = 64 * 1024 * 1024
+/** log: longer lines are cut to this many characters. */
+export const LOG_LINE_CHARS = 4096
+/** log: lines and bytes of one message. */
+export const LOG_MESSAGE_LINES = 512
+export const LOG_MESSAGE_BYTES = 256 * 1024
+/** log: a follower with nothing new is sent an empty message this often, so silence is not death. */
+export const LOG_HEARTBEAT_MS = 20_000
+/** log: a follower that hears nothing (not even a heartbeat) for this long gives up. */
+export const LOG_FOLLOW_IDLE_MS = 3 * LOG_HEARTBEAT_MS
+/** log: how often a followed file is looked at for new bytes. */
+export const LOG_POLL_MS = 200
 /** How often a node with outputs waiting for the signer offers them. */
 export const SIGN_QUEUE_INTERVAL_MS = 3_000
 
@@ -64,7 +80,9 @@ export const INBOUND_LIMITS: Readonly<Record<string, { maxInboundStreams: number
   [PROTOCOL_RESULT]: { maxInboundStreams: 32, perSecond: 100, burst: 200 },
   [PROTOCOL_PATH_INFO]: { maxInboundStreams: 32, perSecond: 100, burst: 200 },
   [PROTOCOL_NAR]: { maxInboundStreams: 32, perSecond: 100, burst: 200 },
-  [PROTOCOL_SIGN]: { maxInboundStreams: 16, perSecond: 20, burst: 40 }
+  [PROTOCOL_SIGN]: { maxInboundStreams: 16, perSecond: 20, burst: 40 },
+  // A follower holds its stream for a whole build; a few per connection are plenty.
+  [PROTOCOL_LOG]: { maxInboundStreams: 16, perSecond: 10, burst: 20 }
 }
 /** For a protocol not listed above. */
 export const DEFAULT_INBOUND_LIMIT = { maxInboundStreams: 32, perSecond: 50, burst: 100 }

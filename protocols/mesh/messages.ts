@@ -1,7 +1,7 @@
 // Every message of the mesh: its type and its validator. docs/protocols.md describes each one.
 import { arr, bool, int, num, obj, oneOf, optional, record, SchemaError, str, validator, type Check } from './schema.ts'
 import { isStorePath } from '../nix/store-path.ts'
-import { MAX_BUILDING_LISTED, MAX_LIST_ITEMS, MAX_PATH_SIGNATURES } from './constants.ts'
+import { LOG_LINE_CHARS, LOG_MESSAGE_LINES, MAX_BUILDING_LISTED, MAX_LIST_ITEMS, MAX_PATH_SIGNATURES } from './constants.ts'
 
 /** A store path under /nix/store by Nix's rules (store-path.ts, the one definition). */
 const storePath: Check<string> = (v, where) => {
@@ -167,3 +167,50 @@ export const validateSignReply = validator('sign reply', obj({
   rejected: arr(obj({ path: storePath, reason: str(1024), permanent: bool }), MAX_LIST_ITEMS)
 }))
 export type SignReply = ReturnType<typeof validateSignReply>
+
+// --- build logs ------------------------------------------------------------------------------
+
+const drvStorePath: Check<string> = (v, where) => {
+  const s = storePath(v, where)
+  if (!s.endsWith('.drv')) throw new SchemaError(`${where}: not a derivation (a .drv store path)`)
+  return s
+}
+
+export const validateLogRequest = validator('log request', obj({
+  drvPath: drvStorePath,
+  /** Keep sending lines as the build writes them, until it ends. */
+  follow: bool,
+  /** Start at this byte of the log (a reader resuming); default: its last LOG_BACKLOG_BYTES. */
+  fromByte: optional(int(0))
+}))
+export type LogRequest = ReturnType<typeof validateLogRequest>
+
+export const LOG_OUTCOMES = ['built', 'failed', 'unknown'] as const
+export type LogOutcome = typeof LOG_OUTCOMES[number]
+
+const checkLogFrame = obj({
+  type: oneOf(['lines', 'end'] as const),
+  /** type lines: whole lines, without their newline; empty as a heartbeat. */
+  lines: optional(arr(str(LOG_LINE_CHARS), LOG_MESSAGE_LINES)),
+  /** type end: whether this peer had the log at all. */
+  found: optional(bool),
+  /** type end: how the build ended, as far as this peer knows. */
+  outcome: optional(oneOf(LOG_OUTCOMES)),
+  /** Bytes of the log not sent: the start of a long log, or the rest past the per-request cap. */
+  skippedBytes: optional(int(0))
+})
+
+/** What a log stream carries after the request: lines messages, then one end message. */
+export type LogFrame =
+  | { type: 'lines', lines: string[] }
+  | { type: 'end', found: boolean, outcome: LogOutcome, skippedBytes?: number }
+
+export const validateLogFrame = (value: unknown): LogFrame => {
+  const f = checkLogFrame(value, 'log frame')
+  if (f.type === 'lines') {
+    if (f.lines === undefined) throw new SchemaError('log frame.lines: missing')
+    return { type: 'lines', lines: f.lines }
+  }
+  if (f.found === undefined || f.outcome === undefined) throw new SchemaError('log frame: an end needs found and outcome')
+  return { type: 'end', found: f.found, outcome: f.outcome, ...(f.skippedBytes !== undefined ? { skippedBytes: f.skippedBytes } : {}) }
+}

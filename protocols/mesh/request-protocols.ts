@@ -9,12 +9,14 @@
 //         2. the owner replies {accepted}, then fetches the outputs over the nar protocol.
 // sign:   1. a worker writes {paths}: what it built, with its signatures, references first;
 //         2. the signer pulls the NARs it lacks over nar, stores them, and replies {stored, rejected}.
+// log:    1. a reader writes {drvPath, follow, fromByte?};
+//         2. the peer sends {type:'lines'} messages, then one {type:'end', found, outcome}.
 // path-info and nar (node/mesh/store-transfer.ts numbers their steps) are served the same way;
 // nar's reply is not one message but, for each path, a header and the NAR's bytes.
-import { PROTOCOL_LEASE, PROTOCOL_NAR, PROTOCOL_PATH_INFO, PROTOCOL_RESULT, PROTOCOL_SIGN, PROTOCOL_STEAL, SIGN_REPLY_TIMEOUT_MS } from './constants.ts'
+import { PROTOCOL_LOG, PROTOCOL_LEASE, PROTOCOL_NAR, PROTOCOL_PATH_INFO, PROTOCOL_RESULT, PROTOCOL_SIGN, PROTOCOL_STEAL, SIGN_REPLY_TIMEOUT_MS } from './constants.ts'
 import {
   validateLeaseReply, validateLeaseRequest, validateResultAck, validateResultReport, validateSignOffer,
-  validateSignReply, validateStealGrant, validateStealRequest, validateNarRequest, validatePathInfoReply, validatePathInfoRequest
+  validateSignReply, validateStealGrant, validateLogRequest, validateStealRequest, validateNarRequest, validatePathInfoReply, validatePathInfoRequest
 } from './messages.ts'
 
 /** A protocol that starts with one request message; what follows is the protocol's own. */
@@ -36,3 +38,4 @@ export const RESULT = { id: PROTOCOL_RESULT, validateRequest: validateResultRepo
 export const SIGN = { id: PROTOCOL_SIGN, validateRequest: validateSignOffer, validateReply: validateSignReply, replyTimeoutMs: SIGN_REPLY_TIMEOUT_MS }
 export const PATH_INFO = { id: PROTOCOL_PATH_INFO, validateRequest: validatePathInfoRequest, validateReply: validatePathInfoReply }
 export const NAR = { id: PROTOCOL_NAR, validateRequest: validateNarRequest }
+export const LOG = { id: PROTOCOL_LOG, validateRequest: validateLogRequest }

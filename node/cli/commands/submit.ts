@@ -18,6 +18,7 @@ interface SubmitArgs {
   detach: boolean
   json: boolean
   'check-reproducible': boolean
+  'print-build-logs': boolean
 }
 
 const LOG_TAIL_SHOWN = 10
@@ -35,6 +36,12 @@ export const submitCommand: CommandModule<object, SubmitArgs> = {
       type: 'boolean',
       default: false,
       describe: 'Build each derivation on two different peers; admit its outputs only if their NAR hashes agree (exit 104 if not)'
+    })
+    .option('print-build-logs', {
+      alias: 'L',
+      type: 'boolean',
+      default: false,
+      describe: 'Print every build\'s log lines as they are written, prefixed with the derivation\'s name (as nix build -L)'
     })
     .option('detach', { type: 'boolean', default: false, describe: 'Queue the submission, print its id and exit' })
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object with the outcome' })
@@ -85,7 +92,15 @@ export const submitCommand: CommandModule<object, SubmitArgs> = {
     let last: SubmissionReport | undefined
     let awaitingSaid = 0
     try {
-      for await (const r of controlRequest(args['data-dir'], { op: 'watch', id })) {
+      const printLogs = args['print-build-logs']
+      for await (const r of controlRequest(args['data-dir'], { op: 'watch', id, ...(printLogs ? { logs: true } : {}) })) {
+        if ('logLines' in r) {
+          // On stderr, as nix build -L: stdout carries only the outputs (or --json).
+          display.done()
+          const prefix = `${derivationName(r.logLines.drvPath)}> `
+          process.stderr.write(r.logLines.lines.map(l => `${prefix}${l}\n`).join(''))
+          continue
+        }
         if (!('report' in r)) continue
         last = r.report
         display.update(countsOf(r.report))
@@ -149,6 +164,12 @@ function printOutcome (report: SubmissionReport, json: boolean): void {
       for (const p of Object.values(r.outputs)) process.stdout.write(`${p}\n`)
     }
   }
+}
+
+/** `hello-2.12` from `/nix/store/<hash>-hello-2.12.drv`, as Nix prefixes build log lines. */
+function derivationName (drvPath: string): string {
+  const base = drvPath.slice(drvPath.lastIndexOf('/') + 1)
+  return base.slice(base.indexOf('-') + 1).replace(/\.drv$/, '')
 }
 
 async function readStdin (): Promise<string> {
