@@ -42,6 +42,14 @@ async function main (): Promise<void> {
     say(`meshbuild status on ${a.host.name}`)
     const status = await a.host.execText(process.execPath, [MESHBUILD_BIN, 'status', '--data-dir', a.dataDir])
     process.stdout.write(status)
+    // Each node's HTTP listener is on loopback inside its host: read A's metrics from there.
+    const json = JSON.parse(await a.host.execText(process.execPath, [MESHBUILD_BIN, 'status', '--json', '--data-dir', a.dataDir])) as { http?: { url: string, metrics: string } }
+    if (json.http !== undefined) {
+      say(`${a.host.name}'s status page ${json.http.url}/ and metrics ${json.http.metrics} (loopback in its host: ip netns exec ${a.host.name} curl ${json.http.metrics})`)
+      const fetchText = 'const r = await fetch(process.argv[1]); process.stdout.write(await r.text())'
+      const metrics = await a.host.execText(process.execPath, ['--input-type=module', '-e', fetchText, json.http.metrics])
+      for (const line of metrics.split('\n').filter(l => /^meshbuild_(jobs_built|nar_bytes|steals|slots)/.test(l))) console.log(`  ${line}`)
+    }
     say('who built what')
     for (const n of nodes) {
       const log = await readFile(n.logFile, 'utf8')
