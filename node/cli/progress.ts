@@ -61,4 +61,14 @@ export class ProgressDisplay {
   done (): void {
     if (this.enabled && this.tty && this.last !== '') this.out.write('\n')
   }
+
+  /**
+   * Takes the bar off its line, so that other lines (build logs) can be written there; the next
+   * update draws it again below them.
+   */
+  clear (): void {
+    if (!this.enabled || !this.tty || this.last === '') return
+    this.out.write('\r\x1b[K')
+    this.last = ''
+  }
 }

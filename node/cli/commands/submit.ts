@@ -96,9 +96,10 @@ export const submitCommand: CommandModule<object, SubmitArgs> = {
       for await (const r of controlRequest(args['data-dir'], { op: 'watch', id, ...(printLogs ? { logs: true } : {}) })) {
         if ('logLines' in r) {
           // On stderr, as nix build -L: stdout carries only the outputs (or --json).
-          display.done()
+          display.clear()
           const prefix = `${derivationName(r.logLines.drvPath)}> `
           process.stderr.write(r.logLines.lines.map(l => `${prefix}${l}\n`).join(''))
+          if (last !== undefined) display.update(countsOf(last)) // the bar again, below the lines
           continue
         }
         if (!('report' in r)) continue
@@ -107,7 +108,7 @@ export const submitCommand: CommandModule<object, SubmitArgs> = {
         // A checked job built once waits for another peer able to build it; say so once per change.
         const awaiting = r.report.results.filter(x => x.check?.awaiting !== undefined).length
         if (!args.json && awaiting > 0 && awaiting !== awaitingSaid) {
-          display.done() // off the bar's line
+          display.clear()
           process.stderr.write(`${awaiting} job(s) built once, awaiting a second builder (another peer that can build them)\n`)
         }
         awaitingSaid = awaiting
