@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what meshbuild needs from the machine: Nix (Debian's nix-bin) when nix-store is
-# missing, and iproute2 for the test hosts. Idempotent; needs root only when something is missing.
+# missing, iproute2 for the test hosts, and chromium for the status page's browser test.
+# Idempotent; needs root only when something is missing.
 set -euo pipefail
 missing=()
 command -v nix-store >/dev/null 2>&1 || missing+=(nix-bin)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "setup: need ${missing[*]}; run as root or install them: apt-get install ${missing[*]}" >&2

@@ -168,8 +168,13 @@ export class MeshNode {
     signerLink.startOffering()
     this.announcer.start()
     if (o.httpListen !== undefined) {
-      this.httpListener = await startHttpListener(metrics, { ...o.httpListen, log: log.child('http') })
-      log.info(`metrics on ${this.httpListener.url}/metrics`)
+      this.httpListener = await startHttpListener(metrics, { ...o.httpListen, log: log.child('http') }, {
+        status: () => this.status(),
+        submissionReport: (id) => this.submissions.report(id),
+        runningHere: () => scheduler.runningItems().map(i => i.drvPath),
+        followLog: (drvPath, signal) => buildLogs.local({ drvPath, follow: true }, signal)
+      })
+      log.info(`status page on ${this.httpListener.url}/, metrics on ${this.httpListener.url}/metrics`)
     }
   }
 

@@ -247,14 +247,15 @@ describe('the HTTP listener\'s /metrics', { timeout: 240_000 }, () => {
     assert.equal(hugeHeader.status, 431)
   })
 
-  it('answers /healthz and HEAD, and 404 for any other path', async () => {
+  it('answers /healthz and HEAD, and 404 for any path it does not serve', async () => {
     const health = await fetch(`${urlOf(a)}/healthz`, { signal: AbortSignal.timeout(REPLY_TIMEOUT_MS) })
     assert.equal(health.status, 200)
     assert.equal(await health.text(), 'ok\n')
     const head = await raw(portOf(a), 'HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
     assert.equal(head.status, 200)
     assert.equal(head.body, '')
-    for (const path of ['/', '/metrics/', '/../metrics', '/nix-cache-info']) {
+    // `/` is the status page (test/e2e/status-page.test.ts).
+    for (const path of ['/index.html', '/metrics/', '/../metrics', '/nix-cache-info', '/events/']) {
       assert.equal((await raw(portOf(a), `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)).status, 404, path)
     }
   })
@@ -340,7 +341,7 @@ describe('join --http-listen', { timeout: 60_000 }, () => {
     const report = JSON.parse(st.stdout.toString('utf8')) as StatusReport
     assert.equal(report.http?.url, url.origin)
     const text = await exec(process.execPath, [MESHBUILD_BIN, 'status', '--data-dir', dataDir], { env, signal: AbortSignal.timeout(REPLY_TIMEOUT_MS) })
-    assert.match(text.stdout.toString('utf8'), new RegExp(`^HTTP: ${url.origin.replace(/[.]/g, '\\.')} \\(Prometheus metrics at ${url.origin.replace(/[.]/g, '\\.')}/metrics\\)$`, 'm'))
+    assert.match(text.stdout.toString('utf8'), new RegExp(`^HTTP: status page ${url.origin.replace(/[.]/g, '\\.')}/, Prometheus metrics at ${url.origin.replace(/[.]/g, '\\.')}/metrics$`, 'm'))
 
     assert.equal((await raw(Number(url.port), 'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')).status, 200)
     // The same port on this machine's other address: nothing listens there.

@@ -70,7 +70,7 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     .option('cache-dir', { type: 'string', describe: 'With --signer: where the binary cache lives', defaultDescription: '<data-dir>/cache' })
     .option('cache-listen', { type: 'string', describe: 'With --signer: HOST:PORT to serve the binary cache over HTTP' })
     .option('cache-compression', { type: 'string', default: 'zstd', choices: ['zstd', 'br', 'none'], describe: 'With --signer: how NARs are compressed in the cache' })
-    .option('http-listen', { type: 'string', default: `${HTTP_LISTEN_DEFAULT_HOST}:0`, describe: `[HOST:]PORT of this node's read-only HTTP listener (/metrics for Prometheus, /healthz); loopback (${HTTP_LISTEN_DEFAULT_HOST}) unless HOST names another interface; "off" for none`, defaultDescription: `${HTTP_LISTEN_DEFAULT_HOST}, a free port (shown by status)` })
+    .option('http-listen', { type: 'string', default: `${HTTP_LISTEN_DEFAULT_HOST}:0`, describe: `[HOST:]PORT of this node's read-only HTTP listener (/ the live status page, /metrics for Prometheus, /healthz); loopback (${HTTP_LISTEN_DEFAULT_HOST}) unless HOST names another interface; "off" for none`, defaultDescription: `${HTTP_LISTEN_DEFAULT_HOST}, a free port (shown by status)` })
     .option('trace', { type: 'string', describe: 'Write every job\'s phases (ready, granted, build started/finished, outputs imported) to FILE as Chrome trace-event JSON (chrome://tracing, Perfetto, bench/trace-report.ts)' })
     .option('log-level', { type: 'string', default: process.env.MESHBUILD_LOG ?? 'info', choices: ['error', 'warn', 'info', 'debug'] })
     .example('$0 join', 'join the mesh on this LAN with defaults from the local Nix')

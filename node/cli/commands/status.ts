@@ -63,7 +63,7 @@ export function renderStatus (s: StatusReport, now: Date): string {
     out += 'Membership: closed: only nodes holding this node\'s mesh secret file can connect\n'
   }
   // Older nodes' reports, and nodes started with --http-listen off, have no listener.
-  if (s.http !== undefined) out += `HTTP: ${s.http.url} (Prometheus metrics at ${s.http.metrics})\n`
+  if (s.http !== undefined) out += `HTTP: status page ${s.http.url}/, Prometheus metrics at ${s.http.metrics}\n`
   if (s.signer === undefined) {
     out += `Signer: none online${s.signQueue > 0 ? `; ${s.signQueue} output(s) of this node wait for one` : ''}\n`
   } else {
