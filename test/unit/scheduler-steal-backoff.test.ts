@@ -1,9 +1,10 @@
 // The steal back-off, on the pure scheduler: a peer that answers a steal with nothing (or whose
 // steal fails) is left alone for stealBackoffMs, and asked again once that has passed; other
-// peers are asked meanwhile.
+// peers are asked meanwhile. Empty replies in a row double the wait (jittered); a grown offer
+// ends it only for as many thieves as the growth needs, so a large mesh does not stampede.
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { Scheduler, SCHEDULER_DEFAULTS, type Decision, type PeerView, type SchedulerConfig, type SchedulerEvent } from '../../node/scheduler/scheduler.ts'
+import { MAX_BACKOFF_DOUBLINGS, Scheduler, SCHEDULER_DEFAULTS, type Decision, type PeerView, type SchedulerConfig, type SchedulerEvent } from '../../node/scheduler/scheduler.ts'
 import type { MachineCapabilities } from '../../node/scheduler/matching.ts'
 
 const X86: MachineCapabilities = { systems: ['x86_64-linux'], features: [], mandatoryFeatures: [] }
@@ -66,6 +67,82 @@ describe('scheduler steal back-off', () => {
     s2.handle({ type: 'peer-seen', peer: { ...peer('o', 6), offers } }, 0)
     s2.handle({ type: 'steal-reply', from: 'o', items: [] }, 1)
     assert.deepEqual(steals(s2.handle({ type: 'peer-seen', peer: { ...peer('o', 6), offers: [...offers].reverse() } }, 2)), [], 'a reordered offer ended the back-off')
+  })
+
+  it('doubles the wait with each empty reply in a row, jittered, up to its cap, and starts over after a grant', () => {
+    const s = new Scheduler(config())
+    s.handle({ type: 'peer-seen', peer: peer('o', 3) }, 0)
+    let t = 0
+    for (let n = 1; n <= MAX_BACKOFF_DOUBLINGS + 2; n++) {
+      assert.deepEqual(steals(s.handle({ type: 'steal-reply', from: 'o', items: [] }, t)), [])
+      const base = BACKOFF * 2 ** Math.min(n - 1, MAX_BACKOFF_DOUBLINGS)
+      // The first wait is exact; later ones lie within ±25 % of the doubled base.
+      const earliest = n === 1 ? base : base * 0.75
+      const latest = n === 1 ? base : base * 1.25
+      assert.deepEqual(steals(s.handle({ type: 'tick' }, t + earliest - 1)), [], `empty reply ${n}: asked again before ${earliest} ms`)
+      let asked = -1
+      for (let at = t + earliest; at <= t + latest; at += 50) {
+        if (steals(s.handle({ type: 'tick' }, at)).length > 0) { asked = at; break }
+      }
+      assert.ok(asked >= 0, `empty reply ${n}: not asked again within ${latest} ms`)
+      t = asked
+    }
+    // A grant starts the count over: the next empty reply waits stealBackoffMs again.
+    const item = { owner: 'o', drvPath: '/nix/store/x.drv', outputs: { out: '/nix/store/x' }, system: 'x86_64-linux', requiredFeatures: [] }
+    s.handle({ type: 'steal-reply', from: 'o', items: [item] }, t + 1)
+    s.handle({ type: 'build-finished', owner: 'o', drvPath: item.drvPath, outcome: { ok: true, outputs: {} } }, t + 2)
+    s.handle({ type: 'steal-reply', from: 'o', items: [] }, t + 3)
+    assert.deepEqual(steals(s.handle({ type: 'tick' }, t + 3 + BACKOFF)), [{ type: 'steal', from: 'o', want: 1 }])
+  })
+
+  it('a grown offer ends the back-off of about as many thieves as the growth needs, not of every thief', () => {
+    // 200 thieves of one free slot each, all backed off by owner 'o'; the peers announce 1,000
+    // free slots in all. The owner's offer grows by one job: about 2 / 1,000 of them should ask.
+    const crowd = (growth: number): number => {
+      let asking = 0
+      for (let k = 0; k < 200; k++) {
+        const s = new Scheduler(config({ selfId: `t${k}`, seed: k + 1 }))
+        s.handle({ type: 'disk', low: true }, 0)
+        s.handle({ type: 'peer-seen', peer: { ...peer('others', 0), maxJobs: 1000, running: 0, offers: [] } }, 0)
+        s.handle({ type: 'peer-seen', peer: peer('o', 3) }, 0)
+        s.handle({ type: 'disk', low: false }, 0)
+        s.handle({ type: 'steal-reply', from: 'o', items: [] }, 1)
+        if (steals(s.handle({ type: 'peer-seen', peer: peer('o', 3 + growth) }, 2)).length > 0) asking++
+      }
+      return asking
+    }
+    const one = crowd(1)
+    assert.ok(one <= 5, `${one} of 200 thieves asked for one new job`)
+    assert.equal(crowd(600), 200, 'a growth beyond half of all free slots did not wake every thief')
+  })
+
+  it('a thief that just reported a build to the owner asks at the next growth of its offer, whatever the crowd', () => {
+    const item = { owner: 'o', drvPath: '/nix/store/x.drv', outputs: { out: '/nix/store/x' }, system: 'x86_64-linux', requiredFeatures: [] }
+    const run = (report: boolean): Decision[] => {
+      const s = new Scheduler(config())
+      s.handle({ type: 'disk', low: true }, 0)
+      // Others announce 1,000 free slots: a growth of one job alone would almost never wake it.
+      s.handle({ type: 'peer-seen', peer: { ...peer('others', 0), maxJobs: 1000, running: 0, offers: [] } }, 0)
+      s.handle({ type: 'peer-seen', peer: peer('o', 3) }, 0)
+      s.handle({ type: 'disk', low: false }, 0)
+      if (report) {
+        s.handle({ type: 'steal-reply', from: 'o', items: [item] }, 1)
+        s.handle({ type: 'build-finished', owner: 'o', drvPath: item.drvPath, outcome: { ok: true, outputs: {} } }, 2)
+      }
+      s.handle({ type: 'steal-reply', from: 'o', items: [] }, 3)
+      return steals(s.handle({ type: 'peer-seen', peer: peer('o', 4) }, 4))
+    }
+    assert.deepEqual(run(true), [{ type: 'steal', from: 'o', want: 1 }])
+    assert.deepEqual(run(false), [], 'a thief that built nothing for the owner was woken too')
+  })
+
+  it('a shrinking offer never ends the back-off', () => {
+    const s = new Scheduler(config())
+    s.handle({ type: 'peer-seen', peer: peer('o', 5) }, 0)
+    s.handle({ type: 'steal-reply', from: 'o', items: [] }, 1)
+    assert.deepEqual(steals(s.handle({ type: 'peer-seen', peer: peer('o', 2) }, 2)), [], 'others took jobs, and that made it ask')
+    assert.deepEqual(steals(s.handle({ type: 'tick' }, BACKOFF)), [])
+    assert.deepEqual(steals(s.handle({ type: 'tick' }, 1 + BACKOFF)), [{ type: 'steal', from: 'o', want: 1 }])
   })
 
   it('does not back off a peer that granted work', () => {
