@@ -13,7 +13,8 @@
 // The makespan of the mesh is the `meshbuild submit` wall time (the client's start included, as
 // a user sees it); the owner's own `submission … finished` log line gives the time inside the node.
 // BENCH_TARGETS=sleep,zero,independent,planning,memory picks parts; BENCH_TARGETS_RUNS the runs;
-// BENCH_INDEPENDENT_JOBS the size of the independent part (2,000).
+// BENCH_INDEPENDENT_JOBS the size of the independent part (2,000); BENCH_SLEEP_LAYERS and
+// BENCH_SLEEP_WIDTH the sleep DAG's shape (5 × 8; issue 10's 200-job run is 5 × 40).
 // BENCH_TRACE_DIR=DIR starts every node with `--trace DIR/<node>.json` and keeps the traces.
 import { randomBytes } from 'node:crypto'
 import { readFile, mkdir } from 'node:fs/promises'
@@ -30,8 +31,8 @@ const TRACE_DIR = process.env.BENCH_TRACE_DIR
 const MESH_HOSTS = 3
 const SLOTS_PER_NODE = 2
 const SLOTS = MESH_HOSTS * SLOTS_PER_NODE
-const SLEEP_LAYERS = 5
-const SLEEP_WIDTH = 8
+const SLEEP_LAYERS = Number(process.env.BENCH_SLEEP_LAYERS ?? 5)
+const SLEEP_WIDTH = Number(process.env.BENCH_SLEEP_WIDTH ?? 8)
 const SLEEP_MAX_S = 4
 const ZERO_LAYERS = [1, 15, 20, 15, 8, 1]
 const INDEPENDENT_JOBS = Number(process.env.BENCH_INDEPENDENT_JOBS ?? 2_000)
