@@ -1,9 +1,13 @@
 // The live status page (`/` of the HTTP listener) in a real headless Chromium (Debian's, driven
-// by playwright-core): three in-process nodes on loopback build a DAG submitted to A. A alone can
-// build the ticker (a feature only it has), which prints markup, then a line a second; B and C
-// alone the leaves, one of which fails printing markup too. A's page must show the three peers,
-// the ticker's lines arriving and the submission's progress moving without a reload, and the
-// markup as text, never run.
+// by playwright-core) on a three-host test mesh: `meshbuild join` in each host, a DAG submitted to
+// A. A alone can build the ticker (a feature only it has), which prints markup, then a line a
+// second; B and C alone the leaves, one of which fails printing markup too. A's page must show the
+// three peers, the ticker's lines arriving and the submission's progress moving without a reload,
+// and the markup as text, never run.
+//
+// A's listener is on loopback inside its host, out of reach of the root namespace, so the browser
+// runs in A too: test/helpers/page-probe.ts reports what the page shows, this file asserts on it.
+// The event stream's limits are tested in-process: test/integration/status-page-limits.test.ts.
 //
 // Screenshots go to test-artifacts/ (gitignored); MESHBUILD_UPDATE_SCREENSHOT=1 also writes
 // docs/status-page.png, the README's.
@@ -11,23 +15,18 @@ import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdir, rm } from 'node:fs/promises'
-import { connect } from 'node:net'
-import { setImmediate as yieldToLoop } from 'node:timers/promises'
+import { copyFile, mkdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { chromium, type Browser, type BrowserServer, type Page } from 'playwright-core'
-import type { MeshNode } from '../../node/mesh/mesh-node.ts'
-import { createLogger } from '../../node/log.ts'
-import { SSE_MAX_BUFFERED_BYTES, SSE_MAX_CLIENTS } from '../../node/observe/events.ts'
-import { startHttpListener } from '../../node/observe/http-listener.ts'
-import { NodeMetrics } from '../../node/observe/metrics.ts'
-import type { StatusReport } from '../../node/mesh/reports.ts'
-import { instantiate, shDrv, tempDir } from '../helpers/nix.ts'
-import { LOCAL_SYSTEM, startLoopbackNode } from '../helpers/loopback-mesh.ts'
+import { createInterface } from 'node:readline'
+import type { ChildProcess } from 'node:child_process'
+import { TestNetwork } from '../helpers/test-hosts.ts'
+import { cli, instantiateIn, startNode, status, waitForMesh, type MeshNodeHandle } from '../helpers/mesh-hosts.ts'
+import { shDrv } from '../helpers/nix.ts'
+import type { PageView, ProbeCommand, ProbeReport } from '../helpers/page-probe.ts'
 import { waitFor, within } from '../helpers/wait.ts'
 
 const CHROMIUM = '/usr/bin/chromium'
-const SECRET = 'status-page-test'
+const PROBE = join(import.meta.dirname, '..', 'helpers', 'page-probe.ts')
 const FEATURE = 'status-page-ticker'
 /** Only B and C have it: the leaves build there while A builds the ticker. */
 const LEAF_FEATURE = 'status-page-leaf'
@@ -40,73 +39,122 @@ const IMG_LINE = '<img src=x onerror="window.pwned=2">'
 const FAIL_LINE = '<b>bold</b><script>window.pwned=3</script>'
 const STEP_MS = 30_000
 
-describe('the status page in Chromium', { timeout: 240_000, skip: existsSync(CHROMIUM) ? false : `no ${CHROMIUM} (scripts/setup.sh installs it)` }, () => {
-  const nodes: MeshNode[] = []
-  let a: MeshNode
-  let server: BrowserServer | undefined
-  let browser: Browser | undefined
-  let dir: string
-  let cleanup: (() => Promise<void>) | undefined
+/** The probe running in a host: its reports as they arrive, and a way to send it commands. */
+interface Probe {
+  child: ChildProcess
+  reports: ProbeReport[]
+  stderr: () => string
+  send: (cmd: ProbeCommand) => void
+}
+
+function startProbe (node: MeshNodeHandle, url: string): Probe {
+  const child = node.host.spawn(process.execPath, [PROBE, url, CHROMIUM])
+  const reports: ProbeReport[] = []
+  let err = ''
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => { err += d })
+  createInterface({ input: child.stdout ?? assert.fail('the probe has no stdout') }).on('line', (line) => {
+    reports.push(JSON.parse(line) as ProbeReport)
+  })
+  child.stdin?.on('error', () => {}) // it may be gone already
+  return { child, reports, stderr: () => err, send: (cmd) => { child.stdin?.write(JSON.stringify(cmd) + '\n') } }
+}
+
+const killGroup = (pid: number | null | undefined): void => {
+  if (pid == null) return
+  try { process.kill(-pid, 'SIGKILL') } catch {}
+}
+
+describe('the status page in Chromium on a three-host test mesh', { timeout: 300_000, skip: existsSync(CHROMIUM) ? false : `no ${CHROMIUM} (scripts/setup.sh installs it)` }, () => {
+  let net: TestNetwork | undefined
+  let nodes: MeshNodeHandle[] = []
+  let a: MeshNodeHandle
+  let probe: Probe | undefined
   const tag = randomBytes(6).toString('hex')
 
   before(async () => {
-    ({ dir, cleanup } = await tempDir('meshbuild-status-page-'))
     await rm(join(ARTIFACTS, 'status-page-failure.png'), { force: true })
-    const httpListen = { host: '127.0.0.1', port: 0 }
-    a = await startLoopbackNode(join(dir, 'a'), SECRET, {
-      log: createLogger('a', 'error'), httpListen, capabilities: { systems: [LOCAL_SYSTEM], features: [FEATURE], mandatoryFeatures: [] }
-    })
-    nodes.push(a)
-    const bootstrap = [a.network.addresses()[0] ?? assert.fail('A listens nowhere')]
-    for (const name of ['b', 'c']) {
-      nodes.push(await startLoopbackNode(join(dir, name), SECRET, {
-        log: createLogger(name, 'error'), httpListen, bootstrap, capabilities: { systems: [LOCAL_SYSTEM], features: [LEAF_FEATURE], mandatoryFeatures: [] }
-      }))
-    }
-    await waitFor(() => nodes.every(n => n.status().peers.length === 2), 30_000, 'the three nodes to hear each other')
-    // A server rather than launch(): its process() is the one to kill should closing fail.
-    server = await within(chromium.launchServer({ executablePath: CHROMIUM, args: ['--no-sandbox'], timeout: STEP_MS }), STEP_MS + 5_000, 'Chromium to start')
-    browser = await within(chromium.connect(server.wsEndpoint(), { timeout: STEP_MS }), STEP_MS + 5_000, 'connecting to Chromium')
+    net = await TestNetwork.create({ hosts: 3 })
+    const n = net
+    nodes = await Promise.all([0, 1, 2].map(async i => await startNode(n, n.host(i), {
+      args: ['--http-listen', '127.0.0.1:0', '--features', i === 0 ? FEATURE : LEAF_FEATURE]
+    })))
+    a = nodes[0] ?? assert.fail('no node A')
+    await waitForMesh(nodes)
   })
 
   after(async () => {
-    const proc = server?.process()
-    await within(browser?.close() ?? Promise.resolve(), 10_000, 'the browser connection to close').catch(() => {})
-    await within(server?.close() ?? Promise.resolve(), 10_000, 'Chromium to close').catch(() => {})
-    // Playwright starts Chromium in a process group of its own: end all of it.
-    if (proc?.pid !== undefined && proc.exitCode === null) { try { process.kill(-proc.pid, 'SIGKILL') } catch {} }
-    for (const n of nodes) await n.stop().catch(() => {})
-    await cleanup?.()
+    if (probe !== undefined) {
+      const p = probe
+      const exited = new Promise<void>((resolve) => { if (p.child.exitCode !== null || p.child.signalCode !== null) resolve(); else p.child.once('exit', () => { resolve() }) })
+      p.send({ quit: true })
+      p.child.stdin?.end()
+      await within(exited, 10_000, 'the probe to close Chromium and exit').catch(() => {})
+      // Chromium leads a process group of its own (Playwright's doing): end it and the probe's.
+      for (const r of p.reports) if (r.kind === 'browser') killGroup(r.pid)
+      killGroup(p.child.pid)
+    }
+    // SIGTERM to every process of the hosts (the nodes, anything the probe left), SIGKILL after a
+    // grace; then their namespaces go.
+    await net?.destroy()
   })
 
-  const url = (n: MeshNode): string => `${n.httpUrl ?? assert.fail('the node has no HTTP listener')}/`
-  const text = async (page: Page, selector: string): Promise<string> => await page.locator(selector).first().textContent({ timeout: 5_000 }) ?? ''
-
   it('shows the peers, a build\'s log lines and the submission\'s progress live, markup as text', async () => {
-    const page = await (browser ?? assert.fail('no browser')).newPage({ viewport: { width: 1000, height: 700 } })
-    const pageErrors: string[] = []
-    page.on('pageerror', (err) => { pageErrors.push(err.message) })
-    page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()) })
+    const s = await status(a)
+    const url = `${s.http?.url ?? assert.fail('node A has no HTTP listener')}/`
+    assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/$/)
+    const p = startProbe(a, url)
+    probe = p
+    await mkdir(ARTIFACTS, { recursive: true })
     try {
-      await showsTheMesh(page, pageErrors)
+      await showsTheMesh(p, url)
     } catch (err) {
-      await mkdir(ARTIFACTS, { recursive: true })
-      await page.screenshot({ path: join(ARTIFACTS, 'status-page-failure.png') }).catch(() => {})
+      await shot(p, join(ARTIFACTS, 'status-page-failure.png')).catch(() => {})
       throw err
-    } finally {
-      await page.close().catch(() => {})
     }
   })
 
-  async function showsTheMesh (page: Page, pageErrors: string[]): Promise<void> {
-    const res = await page.goto(url(a), { timeout: STEP_MS })
-    assert.equal(res?.status(), 200)
-    // A mark in the page's window: gone if the page reloaded.
-    await page.evaluate(() => { (globalThis as unknown as { mark: number }).mark = 1 })
+  /** The first report that `pick` maps to something, waiting up to timeoutMs for it. */
+  async function next<T> (p: Probe, pick: (r: ProbeReport) => T | undefined, timeoutMs: number, what: string, from = 0): Promise<{ value: T, index: number }> {
+    let found: { value: T, index: number } | undefined
+    let seen = from
+    await waitFor(() => {
+      for (; seen < p.reports.length; seen++) {
+        const r = p.reports[seen] as ProbeReport
+        if (r.kind === 'failed') throw new Error(`the probe failed: ${r.message}\n${p.stderr()}`)
+        const value = pick(r)
+        if (value !== undefined) { found = { value, index: seen }; return true }
+      }
+      if (p.child.exitCode !== null || p.child.signalCode !== null) throw new Error(`the probe exited (${p.child.exitCode ?? p.child.signalCode}) before ${what}\n${p.stderr()}`)
+      return false
+    }, timeoutMs, what)
+    return found ?? assert.fail(`no ${what}`)
+  }
 
-    await page.locator('#peers tr[data-peer]').nth(2).waitFor({ timeout: STEP_MS })
-    for (const n of nodes) assert.equal(await page.locator(`#peers tr[data-peer="${n.peerId}"]`).count(), 1, `the page lists ${n.peerId}`)
-    assert.match(await text(page, '#conn'), /live/)
+  /** The first snapshot from report `from` on for which `pick` gives something. */
+  async function view<T> (p: Probe, pick: (v: PageView) => T | undefined | false, timeoutMs: number, what: string, from = 0): Promise<{ value: T, v: PageView, index: number }> {
+    const r = await next(p, (r) => {
+      if (r.kind !== 'snapshot') return undefined
+      const value = pick(r.view)
+      return value === undefined || value === false ? undefined : { value, v: r.view }
+    }, timeoutMs, `the page to show ${what}`, from)
+    return { ...r.value, index: r.index }
+  }
+
+  async function shot (p: Probe, path: string): Promise<void> {
+    const from = p.reports.length
+    p.send({ shot: path })
+    const r = await next(p, (r) => r.kind === 'shot' && r.path === path ? r : undefined, STEP_MS + 5_000, `the screenshot ${path}`, from)
+    if (r.value.error !== undefined) assert.fail(`screenshot ${path}: ${r.value.error}`)
+  }
+
+  async function showsTheMesh (p: Probe, url: string): Promise<void> {
+    await next(p, (r) => r.kind === 'browser' ? r : undefined, STEP_MS + 5_000, 'Chromium to start in host A')
+    const loaded = await next(p, (r) => r.kind === 'loaded' ? r : undefined, STEP_MS + 5_000, `Chromium in host A to load ${url}`)
+    assert.equal(loaded.value.status, 200)
+
+    const peers = await view(p, v => v.peers.length >= 3 && v, STEP_MS, 'three peers', loaded.index)
+    for (const n of nodes) assert.equal(peers.v.peers.filter(id => id === n.peerId).length, 1, `the page lists ${n.peerId} once`)
+    assert.match(peers.v.conn, /live/)
 
     const leaves = Array.from({ length: LEAVES }, (_, i) => `l${i}`)
     const leafOnly = `requiredSystemFeatures = [ "${LEAF_FEATURE}" ];`
@@ -116,135 +164,40 @@ describe('the status page in Chromium', { timeout: 240_000, skip: existsSync(CHR
       ${leaves.map(n => `${n} = ${n};`).join(' ')} ticker = ticker;
       bad = ${shDrv(`page-bad-${tag}`, `/bin/sleep 1; echo '${FAIL_LINE}'; exit 1`, leafOnly)};
       root = ${shDrv(`page-root-${tag}`, `echo \${ticker} ${leaves.map(n => `\${${n}}`).join(' ')} > $out`)}; }`
-    const drvs = await instantiate(expr, dir, [...leaves, 'ticker', 'bad', 'root'])
+    const drvs = await instantiateIn(net ?? assert.fail('no test network'), a.host, expr, [...leaves, 'ticker', 'bad', 'root'])
+    assert.equal(drvs.length, LEAVES + 3)
     const tickerDrv = drvs[LEAVES] ?? assert.fail('no ticker')
-    const id = await a.submit(drvs, { priority: 0 })
-    const row = `#submissions tr[data-submission="${id}"]`
+    const submitted = await cli(a, ['submit', '-', '--detach', '--json', '--priority', '0'], drvs.join('\n') + '\n', 20_000)
+    assert.equal(submitted.code, 0, submitted.stderr)
+    const id = (JSON.parse(submitted.stdout) as { id: string }).id
 
-    await page.locator(row).waitFor({ timeout: STEP_MS })
-    const firstCounts = await text(page, `${row} td.counts`)
-    const log = page.locator(`#running pre[data-drv="${tickerDrv}"]`)
-    await log.filter({ hasText: `tick-2 ${tag}` }).waitFor({ timeout: STEP_MS * 2 })
-    const early = await log.textContent() ?? ''
-    assert.doesNotMatch(early, new RegExp(`tick-${TICKS} `), 'the ticker\'s last line was there from the start: nothing was followed')
-    // The other nodes build the leaves meanwhile: the page shows what a peer builds.
-    await waitFor(async () => await page.locator('#peers tr[data-peer] td:nth-child(5) span.mono').count() >= 2, STEP_MS, 'a peer\'s build on the page')
+    const row = await view(p, v => v.submissions.find(x => x.id === id), STEP_MS, `submission ${id}`, peers.index)
+    const firstCounts = row.value.counts
+    const log = (v: PageView): string | undefined => v.running.find(r => r.drv === tickerDrv)?.text
+    const early = await view(p, v => log(v)?.includes(`tick-2 ${tag}`) === true && log(v), STEP_MS * 2, 'the ticker\'s second line', row.index)
+    assert.doesNotMatch(early.value, new RegExp(`tick-${TICKS} `), 'the ticker\'s last line was there from the start: nothing was followed')
+    // The other hosts build the leaves meanwhile: the page shows what a peer builds.
+    const peerBuilds = await view(p, v => v.peerBuilds >= 2, STEP_MS, 'a peer\'s build', early.index)
     // A later line arrives in the same page.
-    await log.filter({ hasText: `tick-6 ${tag}` }).waitFor({ timeout: STEP_MS })
-    assert.ok((await log.textContent() ?? '').includes(SCRIPT_LINE), 'the markup the builder echoed shows as text in its log')
-    assert.ok((await log.textContent() ?? '').includes(IMG_LINE))
-    await mkdir(ARTIFACTS, { recursive: true })
-    await page.screenshot({ path: join(ARTIFACTS, 'status-page-running.png') })
-    if (process.env.MESHBUILD_UPDATE_SCREENSHOT === '1') await page.screenshot({ path: DOCS_SCREENSHOT })
+    const later = await view(p, v => log(v)?.includes(`tick-6 ${tag}`) === true && log(v), STEP_MS, 'the ticker\'s sixth line', peerBuilds.index)
+    assert.ok(later.value.includes(SCRIPT_LINE), 'the markup the builder echoed shows as text in its log')
+    assert.ok(later.value.includes(IMG_LINE))
+    const running = join(ARTIFACTS, 'status-page-running.png')
+    await shot(p, running)
+    if (process.env.MESHBUILD_UPDATE_SCREENSHOT === '1') await copyFile(running, DOCS_SCREENSHOT)
 
-    await waitFor(async () => await text(page, `${row} td.counts`) !== firstCounts, STEP_MS, 'the submission\'s progress to change on the page')
-    await waitFor(() => a.submissionReport(id)?.state === 'failed', 120_000, 'the submission to end (one leaf fails)')
+    await view(p, v => v.submissions.find(x => x.id === id && x.counts !== firstCounts), STEP_MS, 'the submission\'s progress change', later.index)
+    await waitFor(async () => (await status(a)).submissions.find(x => x.id === id)?.state === 'failed', 120_000, 'the submission to end (one leaf fails)', 500)
     const finalCounts = `${drvs.length - 1} / ${drvs.length} done, 1 failed`
-    await waitFor(async () => /failed/.test(await text(page, `${row} td:nth-child(2)`)) && await text(page, `${row} td.counts`) === finalCounts,
-      STEP_MS, `the page to show the submission failed, ${finalCounts}`)
-    const failure = page.locator('#failures .failure pre')
-    await failure.filter({ hasText: FAIL_LINE }).waitFor({ timeout: STEP_MS })
-    assert.equal(await page.locator('#failures b').count(), 0, 'the failure\'s markup made no element')
-    assert.equal(await page.locator('body script').count(), 1, 'the page\'s own script only')
-    assert.equal(await page.evaluate(() => (globalThis as unknown as { pwned?: number }).pwned), undefined, 'no injected script ran')
-    assert.equal(await page.evaluate(() => (globalThis as unknown as { mark?: number }).mark), 1, 'the page was not reloaded')
-    await page.screenshot({ path: join(ARTIFACTS, 'status-page-done.png') })
-    assert.deepEqual(pageErrors, [], 'the page ran without errors (nor refusals by its Content-Security-Policy)')
+    const done = await view(p, v => v.submissions.find(x => x.id === id && /failed/.test(x.state) && x.counts === finalCounts), STEP_MS,
+      `the submission failed, ${finalCounts}`, later.index)
+    const failed = await view(p, v => v.failures.some(f => f.includes(FAIL_LINE)) && v, STEP_MS, 'the failure\'s log tail', done.index)
+    assert.equal(failed.v.failureElements, 0, 'the failure\'s markup made no element')
+    assert.equal(failed.v.scripts, 1, 'the page\'s own script only')
+    assert.equal(failed.v.pwned, 'undefined', 'no injected script ran')
+    assert.equal(failed.v.mark, 1, 'the page was not reloaded')
+    await shot(p, join(ARTIFACTS, 'status-page-done.png'))
+    const last = await next(p, (r) => r.kind === 'snapshot' ? r : undefined, STEP_MS, 'a snapshot after the last screenshot', p.reports.length)
+    assert.deepEqual(last.value.errors, [], 'the page ran without errors (nor refusals by its Content-Security-Policy)')
   }
-
-  it(`holds at most ${SSE_MAX_CLIENTS} event streams and refuses more with 503, the page still served`, async () => {
-    const aborts: AbortController[] = []
-    try {
-      // The browser's page closed: its stream goes shortly.
-      await waitFor(async () => {
-        const ctl = new AbortController()
-        const r = await fetch(`${url(a)}events`, { signal: ctl.signal })
-        ctl.abort()
-        await r.body?.cancel().catch(() => {})
-        return r.status === 200
-      }, 10_000, 'a free event stream')
-      for (let i = 0; i < SSE_MAX_CLIENTS; i++) {
-        const ctl = new AbortController()
-        aborts.push(ctl)
-        const r = await fetch(`${url(a)}events`, { signal: ctl.signal })
-        assert.equal(r.status, 200, `stream ${i + 1}`)
-        assert.match(r.headers.get('content-type') ?? '', /^text\/event-stream/)
-      }
-      const refused = await fetch(`${url(a)}events`, { signal: AbortSignal.timeout(10_000) })
-      assert.equal(refused.status, 503)
-      await refused.text()
-      const page = await fetch(url(a), { signal: AbortSignal.timeout(10_000) })
-      assert.equal(page.status, 200)
-      assert.match(page.headers.get('content-security-policy') ?? '', /script-src 'sha256-/)
-      await page.text()
-    } finally {
-      for (const c of aborts) c.abort()
-    }
-  })
-})
-
-describe('the status page\'s event stream', { timeout: 60_000 }, () => {
-  it('drops a client that stops reading, and stops following logs once no client is left', async () => {
-    // A node at its busiest: builds writing as fast as they can, failures with long tails, a
-    // state that changes at every look.
-    const drvs = Array.from({ length: 32 }, (_, i) => `/nix/store/${String(i % 10).repeat(32)}-flood-${i}.drv`)
-    const long = (n: number): string[] => Array.from({ length: n }, () => 'x'.repeat(4000))
-    const line = 'y'.repeat(1000)
-    let following = 0
-    let looks = 0
-    let sentBytes = 0
-    const self = {
-      peerId: 'self', addresses: [], systems: ['x86_64-linux'], features: [], mandatoryFeatures: [], maxJobs: 32, running: 32, queued: 0, speedFactor: 1,
-      load: 0, freeDiskBytes: 0, diskLow: false, building: drvs, lastSeen: new Date().toISOString(), membership: 'closed' as const
-    }
-    const submission = { id: 's1', state: 'running' as const, counts: { failed: 10 }, submittedAt: new Date().toISOString() }
-    const status = (): StatusReport => ({ self: { ...self, load: looks++ }, peers: [], signQueue: 0, submissions: [submission], counters: { built: 0, failed: 0, stolen: 0 }, penalties: [], refusedStreams: {} })
-    const metrics = new NodeMetrics({ slots: () => ({ total: 32, busy: 32 }), jobStates: () => new Map(), peers: () => 0, localBuilds: () => ({ built: 0, failed: 0 }) })
-    const listener = await startHttpListener(metrics, { host: '127.0.0.1', port: 0 }, {
-      status,
-      submissionReport: () => ({
-        ...submission,
-        results: drvs.slice(0, 10).map((d, i) => ({ drvPath: `${d}${i}`, requested: true, state: 'failed' as const, outputs: {}, failure: { kind: 'build-failed' as const, message: `m${looks}`, logTail: long(20) } }))
-      }),
-      runningHere: () => drvs,
-      followLog: async function * (_drv, signal) {
-        following++
-        try {
-          while (!signal.aborted && sentBytes < 1024 * 1024 * 1024) {
-            sentBytes += 512 * line.length
-            yield { type: 'lines' as const, lines: Array.from({ length: 512 }, () => line) }
-            await yieldToLoop()
-          }
-        } finally { following-- }
-      }
-    })
-    const sock = connect(Number(new URL(listener.url).port), '127.0.0.1')
-    try {
-      sock.on('error', () => {})
-      sock.write('GET /events HTTP/1.1\r\nHost: x\r\n\r\n')
-      // Never read: what the server writes piles up in the kernel's buffers, then in its own.
-      // (Not reading, the client does not see the close either: the server's side tells.)
-      sock.pause()
-      await waitFor(() => following > 0, 10_000, 'the stream to begin')
-      await waitFor(() => listener.connectionStats().open === 0 && following === 0, 40_000, 'the server to drop the client that does not read, and follow no more')
-      assert.ok(sentBytes > SSE_MAX_BUFFERED_BYTES)
-      const ctl = new AbortController()
-      const r = await fetch(`${listener.url}/events`, { signal: ctl.signal })
-      assert.equal(r.status, 200, 'a new client is served after the dropped one')
-      // A client that reads is not dropped although the builds write megabytes a second.
-      const reader = r.body?.getReader() ?? assert.fail('no body')
-      let got = 0
-      const until = Date.now() + 3_000
-      while (Date.now() < until) {
-        const { value, done } = await within(reader.read(), 5_000, 'the stream to go on')
-        assert.ok(done !== true, 'the server closed the stream of a client that reads')
-        got += value.length
-      }
-      assert.ok(got > 64 * 1024, `the reading client got ${got} bytes in 3 s`)
-      ctl.abort()
-    } finally {
-      sock.destroy()
-      await listener.close()
-    }
-  })
 })

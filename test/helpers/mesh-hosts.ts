@@ -80,7 +80,13 @@ export async function stopNode (node: MeshNodeHandle, signal: NodeJS.Signals = '
   if (node.child.exitCode !== null || node.child.signalCode !== null) return
   const exited = new Promise<void>((resolve) => { node.child.once('exit', () => { resolve() }) })
   node.child.kill(signal)
-  await Promise.race([exited, new Promise((_resolve, reject) => setTimeout(() => { reject(new Error(`node in ${node.host.name} did not exit after ${signal}`)) }, 15_000))])
+  let timer: NodeJS.Timeout | undefined
+  try {
+    await Promise.race([exited, new Promise((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`node in ${node.host.name} did not exit after ${signal}`)) }, 15_000) })])
+  } finally {
+    // A pending timer would keep the test process alive 15 s after its last node stopped.
+    clearTimeout(timer)
+  }
 }
 
 export async function cli (node: MeshNodeHandle, args: string[], input?: string, timeoutMs = 180_000): Promise<HostExecResult> {
