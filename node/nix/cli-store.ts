@@ -14,7 +14,7 @@ import { exportEnd, exportHeader, exportTrailer } from './nix-export-format.ts'
 import { referencesFirst } from './closure-order.ts'
 import { checkedNar } from './nar-check.ts'
 import {
-  BUILD_LOG_TAIL_LINES, buildFailureFor, InvalidStorePath, NarOutOfOrder, OperationAborted, PathNotValid,
+  BUILD_LOG_TAIL_LINES, buildFailureFor, InvalidStorePath, isAborted, NarOutOfOrder, OperationAborted, PathNotValid,
   type ExportOptions, type ImportBatchResult, type ImportInfo, type NarEntry,
   type PathInfo, type RealiseOptions, type RealiseResult, type StoreBackend, type WaitOptions
 } from './store-backend.ts'
@@ -333,11 +333,6 @@ function nixImportError (code: number, stderr: string): Error {
   const invalid = /path '([^']+)' is not valid/.exec(stderr)
   if (invalid?.[1] != null) return new PathNotValid(invalid[1])
   return new NixCommandError('nix-store --import', code, stderr)
-}
-
-// A function, so that TypeScript does not narrow `signal.aborted` across awaits.
-function isAborted (signal: AbortSignal | undefined): boolean {
-  return signal?.aborted === true
 }
 
 /** nix-store exited while we were still writing to it. */

@@ -12,7 +12,7 @@ import type { DaemonConnection, MissingPaths } from './daemon-connection.ts'
 import { DaemonPool, type Lease, type PoolStats } from './daemon-pool.ts'
 import type { NixSettings } from './nix-config.ts'
 import {
-  BUILD_LOG_TAIL_LINES, buildFailureFor, InvalidStorePath, NarOutOfOrder, OperationAborted, PathNotValid,
+  BUILD_LOG_TAIL_LINES, buildFailureFor, InvalidStorePath, isAborted, NarOutOfOrder, OperationAborted, PathNotValid,
   type ExportOptions, type ImportBatchResult, type ImportInfo, type NarEntry,
   type PathInfo, type RealiseOptions, type RealiseResult, type StoreBackend, type WaitOptions
 } from './store-backend.ts'
@@ -153,6 +153,10 @@ export class DaemonStore implements StoreBackend {
     return await this.withConnection('hash part query', options.signal, async c => await c.queryPathFromHashPart(hashPart))
   }
 
+  /**
+   * Keeps `path` from the garbage collector while the pooled connection that added the root
+   * lives: at most MAX_AGE_MS (60 s), less once it has been idle IDLE_MS (daemon-pool.ts).
+   */
   async addTempRoot (path: string, options: WaitOptions = {}): Promise<void> {
     this.checkPaths([path])
     await this.withConnection('add temp root', options.signal, async c => { await c.addTempRoot(path) })
@@ -346,9 +350,6 @@ export class DaemonStore implements StoreBackend {
 
 /** Nix colours its messages for terminals; logs and errors keep the text. */
 function stripAnsi (text: string): string { return text.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '') }
-
-// A function, so that TypeScript does not narrow `signal.aborted` across awaits.
-function isAborted (signal: AbortSignal | undefined): boolean { return signal?.aborted === true }
 
 /** `items` in `n` slices of about equal length (at least one). */
 function chunks<T> (items: T[], n: number): T[][] {

@@ -152,6 +152,11 @@ export class NarOutOfOrder extends Error {
   }
 }
 
+/** Whether `signal` has aborted; a function, so that TypeScript does not narrow `signal.aborted` across awaits. */
+export function isAborted (signal: AbortSignal | undefined): boolean {
+  return signal?.aborted === true
+}
+
 /** The operation was cancelled through its AbortSignal. */
 export class OperationAborted extends Error {
   override name = 'AbortError'
