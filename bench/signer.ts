@@ -29,7 +29,7 @@ import { TestNetwork, type TestHost } from '../test/helpers/test-hosts.ts'
 import { MESHBUILD_BIN, instantiateIn, meshSecretFile, startNode, status, stopNode, type MeshNodeHandle } from '../test/helpers/mesh-hosts.ts'
 import { waitFor } from '../test/helpers/wait.ts'
 import { execText } from '../node/nix/exec.ts'
-import { CliStore } from '../node/nix/cli-store.ts'
+import { openLocalStore } from '../node/nix/local-store.ts'
 import { MeshNetwork } from '../node/mesh/network.ts'
 import { fetchClosure, pullNars } from '../node/mesh/store-transfer.ts'
 import { BinaryCache } from '../node/cache/binary-cache.ts'
@@ -128,7 +128,13 @@ async function pullMain (args: string[]): Promise<void> {
         for await (const chunk of nar) bytes += chunk.byteLength
       })
     } else {
-      bytes = (await fetchClosure(network, new CliStore(), peer, paths)).bytes
+      // The store backend a node uses (the daemon's protocol), so the row compares like with like.
+      const store = openLocalStore()
+      try {
+        bytes = (await fetchClosure(network, store, peer, paths)).bytes
+      } finally {
+        store.close()
+      }
     }
     const result: PullResult = { seconds: (performance.now() - started) / 1000, bytes, paths: paths.length }
     process.stdout.write(JSON.stringify(result) + '\n')
@@ -342,7 +348,7 @@ export async function run (): Promise<BenchRow[]> {
         rows.push(row(set, 'raw: nar protocol, NARs dropped (pullNars)', raw.seconds, raw.seconds, `W → bare peer in S's host; before S (${compression} round)`))
         if (firstRound) {
           const imported = await rawPull(net, hS, w, set, 'import')
-          rows.push(row(set, 'raw: into S\'s Nix store (fetchClosure)', imported.seconds, raw.seconds, 'nix-store --import per path'))
+          rows.push(row(set, 'raw: into S\'s Nix store (fetchClosure)', imported.seconds, raw.seconds, 'AddToStoreNar per path, over the daemon'))
         }
         inCache += set.paths.length
         const signed = await signSet(net, hS, w, set, compression, cacheKey, inCache)
