@@ -241,7 +241,10 @@ describe('a mesh node facing a hostile peer', { timeout: 180_000 }, () => {
       ['claims a hash the bytes do not have', (p) => ({ info: { ...p.info, narHash: Hash.of('sha256', 'something else').toNix32() }, bytes: p.nar }), 'NarHashMismatch'],
       ['sends one corrupted byte', (p) => ({ info: p.info, bytes: corrupt(p.nar) }), 'NarHashMismatch'],
       ['sends more bytes than it announced', (p) => ({ info: { ...p.info, narSize: p.nar.byteLength - 8 }, bytes: p.nar }), 'NarHashMismatch'],
-      ['stops halfway and hangs up', (p) => ({ info: p.info, bytes: p.nar, cutAfter: Math.floor(p.nar.byteLength / 2) }), 'StreamEndedError']
+      ['stops halfway and hangs up', (p) => ({ info: p.info, bytes: p.nar, cutAfter: Math.floor(p.nar.byteLength / 2) }), 'StreamEndedError'],
+      // The content address travels with the path into the store (signatures do not cover it):
+      // Nix checks it against the bytes and refuses the path.
+      ['claims a content address its bytes do not have', (p) => ({ info: { ...p.info, ca: `fixed:r:${Hash.of('sha256', 'other content').toNix32()}` }, bytes: p.nar }), 'DaemonError']
     ]
     for (const [what, lie, errorName] of lies) {
       it(`refuses a NAR that ${what}; the path stays invalid`, async () => {
