@@ -74,6 +74,11 @@ export interface Job extends JobSpec {
   check?: boolean
   /** With check: the successful builds so far, first one first (at most two). */
   checkBuilds?: CheckBuild[]
+  /**
+   * Never built on the owner, and its outputs not imported into the owner's store: a job of the
+   * builder socket, whose client (plain Nix, in this node's store) holds the outputs' locks.
+   */
+  remoteOnly?: boolean
   /** Submissions that asked for this job (directly or as a dependency). */
   submissions: string[]
 }
@@ -91,6 +96,8 @@ export interface SubmissionSpec {
   maxSilentTime?: number
   /** Build every job on two different peers and compare (--check-reproducible). */
   check?: boolean
+  /** Jobs for the builder socket: see Job.remoteOnly. */
+  remoteOnly?: boolean
   submittedAt: number
 }
 

@@ -101,7 +101,8 @@ export type Decision =
   | { type: 'renew-reply', requestId: string, to: string, lost: string[] }
   | { type: 'report', owner: string, drvPath: string, outcome: BuildOutcome }
   // narHashes, for a checked job: the hashes both builders agreed on; the served outputs must match them.
-  | { type: 'import', from: string, drvPath: string, outputs: Record<string, string>, narHashes?: Record<string, string> }
+  // remoteOnly: the outputs go to the builder socket's root, not into this store (Job.remoteOnly).
+  | { type: 'import', from: string, drvPath: string, outputs: Record<string, string>, narHashes?: Record<string, string>, remoteOnly?: boolean }
   // A checked job's outputs, agreed by two builders and valid here: queue them for the signer.
   | { type: 'sign', drvPath: string, paths: string[] }
   // A checked job's outputs built here differ from another peer's build: remove them from this store.
@@ -273,6 +274,7 @@ export class Scheduler {
         timeout: spec.timeout,
         maxSilentTime: spec.maxSilentTime,
         ...(spec.check === true ? { check: true } : {}),
+        ...(spec.remoteOnly === true ? { remoteOnly: true } : {}),
         attempts: 0,
         submissions: [...new Set([...(existing?.submissions ?? []), spec.id])]
       }
@@ -313,8 +315,7 @@ export class Scheduler {
   }
 
   private onStealRequest (requestId: string, from: string, capabilities: MachineCapabilities, want: number): void {
-    // A checked job goes only to a peer that has not built it yet.
-    const ready = [...this.jobs.values()].filter(j => j.state === 'ready' && canBuild(capabilities, j) && !builtBefore(j, from))
+    const ready = [...this.jobs.values()].filter(j => j.state === 'ready' && canBuild(capabilities, j) && this.mayBuild(j, from))
     // Priority first; then the longest remaining path (the critical path decides the makespan);
     // then jobs whose inputs the thief built (it holds them already). Each key computed once.
     const keyed = ready.map(job => ({ job, affinity: job.inputJobs.filter(i => this.jobs.get(i)?.builtBy === from).length }))
@@ -380,7 +381,7 @@ export class Scheduler {
       job.worker = from
       delete job.leaseExpires
       this.changed(job)
-      this.out.push({ type: 'import', from, drvPath, outputs: job.outputs })
+      this.out.push(this.importDecision(job, from))
       return
     }
     // A failure from a worker whose lease lapsed says nothing about the job now.
@@ -547,7 +548,7 @@ export class Scheduler {
     let free = this.config.maxJobs - this.running.size
     if (free <= 0) return
     const ready = [...this.jobs.values()]
-      .filter(j => j.state === 'ready' && canBuild(this.config.capabilities, j) && !builtBefore(j, this.config.selfId))
+      .filter(j => j.state === 'ready' && canBuild(this.config.capabilities, j) && this.mayBuild(j, this.config.selfId))
       .sort((a, b) => a.priority - b.priority || b.criticalPath - a.criticalPath)
     const mine = this.pick(ready, free, this.config.speedFactor, this.config.selfId)
     for (const job of mine) {
@@ -679,7 +680,11 @@ export class Scheduler {
 
   private importDecision (job: Job, from: string): Extract<Decision, { type: 'import' }> {
     const agreed = job.check === true ? job.checkBuilds?.[0]?.narHashes : undefined
-    return { type: 'import', from, drvPath: job.drvPath, outputs: job.outputs, ...(agreed !== undefined ? { narHashes: agreed } : {}) }
+    return {
+      type: 'import', from, drvPath: job.drvPath, outputs: job.outputs,
+      ...(agreed !== undefined ? { narHashes: agreed } : {}),
+      ...(job.remoteOnly === true ? { remoteOnly: true } : {})
+    }
   }
 
   private succeed (job: Job, builtBy: string): void {
@@ -788,6 +793,15 @@ export class Scheduler {
     }
   }
 
+  /**
+   * Whether `peer` may be given `job`: a checked job goes only to a peer that has not built it
+   * yet, and a remote-only one (the builder socket's) never to this node.
+   */
+  private mayBuild (job: Job, peer: string): boolean {
+    if (job.remoteOnly === true && peer === this.config.selfId) return false
+    return job.check !== true || !(job.checkBuilds ?? []).some(b => b.builtBy === peer)
+  }
+
   private changed (job: Job): void {
     if (job.state !== 'ready') this.readySince.delete(job.drvPath)
     else if (!this.readySince.has(job.drvPath)) this.readySince.set(job.drvPath, this.now)
@@ -797,11 +811,6 @@ export class Scheduler {
 
 function runKey (owner: string, drvPath: string): string {
   return `${owner}\n${drvPath}`
-}
-
-/** A checked job that `peer` built already (successfully): it may not build it again. */
-function builtBefore (job: Job, peer: string): boolean {
-  return job.check === true && (job.checkBuilds ?? []).some(b => b.builtBy === peer)
 }
 
 /** Slots a peer announces free. */
