@@ -67,6 +67,11 @@ export interface SubmitOptions {
   maxSilentTime?: number
   /** Build each job on two different peers; admit outputs only when their NAR hashes agree. */
   checkReproducible?: boolean
+  /**
+   * A submission of the builder socket: its jobs are built on peers only and their outputs go to
+   * the socket's root (Job.remoteOnly); nothing is substituted into this store for it either.
+   */
+  remoteOnly?: boolean
 }
 
 /** All the system features a machine supports, mandatory or not (what Nix is told it has). */

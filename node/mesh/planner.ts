@@ -18,6 +18,8 @@ export interface PlanOptions {
   now: number
   /** Build every job on two different peers and compare (--check-reproducible). */
   checkReproducible?: boolean
+  /** Jobs for the builder socket (Job.remoteOnly). */
+  remoteOnly?: boolean
   /** Asks the shared cache (when there is one) which output paths it can substitute. */
   substitutable?: (paths: string[]) => Promise<Set<string>>
 }
@@ -101,6 +103,7 @@ export async function planSubmission (store: StoreBackend, requested: string[], 
     ...(options.timeout !== undefined ? { timeout: options.timeout } : {}),
     ...(options.maxSilentTime !== undefined ? { maxSilentTime: options.maxSilentTime } : {}),
     ...(options.checkReproducible === true ? { check: true } : {}),
+    ...(options.remoteOnly === true ? { remoteOnly: true } : {}),
     submittedAt: options.now
   }
 }

@@ -56,7 +56,9 @@ export class Submissions {
   async submit (drvPaths: string[], options: SubmitOptions): Promise<string> {
     const { store, log } = this.init
     const id = `${new Date().toISOString().replace(/[-:]/g, '').slice(0, 15)}-${randomUUID().slice(0, 8)}`
-    const cache = this.init.cacheRef()
+    // Not for the builder socket: plain Nix holds the outputs' locks in this store, and it
+    // substitutes from the caches it trusts itself before it asks a builder.
+    const cache = options.remoteOnly === true ? undefined : this.init.cacheRef()
     let spec = await planSubmission(store, drvPaths, {
       id, now: Date.now(), ...options,
       ...(cache !== undefined ? { substitutable: async (paths: string[]) => await cachedPaths(cache, paths) } : {})
