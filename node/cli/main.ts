@@ -25,11 +25,11 @@ export async function main (argv: string[]): Promise<number> {
 async function buildParser (argv: string[]): Promise<Argv> {
   const [
     { default: yargs }, { joinCommand }, { submitCommand }, { statusCommand }, { narCommand },
-    { derivationCommand }, { keyCommand }, { pathInfoCommand }, { logCommand }
+    { derivationCommand }, { keyCommand }, { pathInfoCommand }, { logCommand }, { nixConfigCommand }
   ] = await Promise.all([
     import('yargs'), import('./commands/join.ts'), import('./commands/submit.ts'), import('./commands/status.ts'),
     import('./commands/nar.ts'), import('./commands/derivation.ts'), import('./commands/key.ts'), import('./commands/path-info.ts'),
-    import('./commands/log.ts')
+    import('./commands/log.ts'), import('./commands/nix-config.ts')
   ])
   return yargs(argv)
     .scriptName('meshbuild')
@@ -42,6 +42,7 @@ async function buildParser (argv: string[]): Promise<Argv> {
     .command(keyCommand)
     .command(pathInfoCommand)
     .command(logCommand)
+    .command(nixConfigCommand)
     .demandCommand(1, 'Name a command; see --help.')
     .strict()
     .help()

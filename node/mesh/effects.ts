@@ -31,6 +31,8 @@ export interface EffectsInit {
   flush: () => Promise<void>
   cacheRef: () => CacheRef | undefined
   trust: (peer: string) => PathTrust
+  /** Where remote-only jobs' outputs go (the builder socket's root); none without the socket. */
+  builderRoot?: Pick<StoreBackend, 'isValid' | 'importNars'>
   log: Logger
   trace?: JobTrace
 }
@@ -56,7 +58,7 @@ export class Effects {
       case 'steal': void this.steal(d.from, d.want); break
       case 'renew': void this.renew(d.owner, d.drvPaths); break
       case 'report': void this.report(d.owner, d.drvPath, d.outcome); break
-      case 'import': void this.importOutputs(d.from, d.drvPath, d.outputs, d.narHashes); break
+      case 'import': void this.importOutputs(d.from, d.drvPath, d.outputs, d.narHashes, d.remoteOnly === true); break
       case 'sign': this.init.signQueue.add(d.paths); break
       case 'discard': void this.discardOutputs(d.drvPath, d.paths); break
       default: break
@@ -171,13 +173,15 @@ export class Effects {
     }
   }
 
-  private async importOutputs (from: string, drvPath: string, outputs: Record<string, string>, narHashes?: Record<string, string>): Promise<void> {
+  private async importOutputs (from: string, drvPath: string, outputs: Record<string, string>, narHashes: Record<string, string> | undefined, remoteOnly: boolean): Promise<void> {
     try {
+      const target = remoteOnly ? this.init.builderRoot : this.init.store
+      if (target === undefined) throw new Error('a builder-socket job, but this node serves no builder socket now')
       // A checked job: what `from` serves must have the NAR hashes both builders agreed on.
       const expectNarHashes = narHashes === undefined ? undefined : Object.fromEntries(Object.entries(outputs).flatMap(([n, p]) => narHashes[n] !== undefined ? [[p, narHashes[n]]] : []))
       // Only what `from` (or a key of --trusted-keys) signed is imported; anything else and the
       // result is refused: nothing enters the store and the job is built again elsewhere.
-      const r = await fetchClosure(this.init.network, this.init.store, from, Object.values(outputs), undefined, { trust: this.init.trust(from), ...(expectNarHashes !== undefined ? { expectNarHashes } : {}) })
+      const r = await fetchClosure(this.init.network, target, from, Object.values(outputs), undefined, { trust: this.init.trust(from), ...(expectNarHashes !== undefined ? { expectNarHashes } : {}) })
       this.init.log.info(`${drvPath} built by ${from}; fetched ${r.imported.length} path(s), ${r.bytes} bytes`)
       this.init.trace?.phase(drvPath, 'outputs-imported', { from, bytes: r.bytes })
       this.init.dispatch({ type: 'import-finished', from, drvPath })

@@ -4,6 +4,7 @@ import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { PEER_EXPIRY_MS, TOPIC_BEACON, TOPIC_OFFER } from '../../protocols/mesh/constants.ts'
 import { formatPublicKey } from '../../protocols/nix/signing-key.ts'
+import { BuilderService } from '../builder/builder-service.ts'
 import type { CacheRef } from '../cache/cache-client.ts'
 import { openLocalStore } from '../nix/local-store.ts'
 import { startHttpListener, type HttpListener } from '../observe/http-listener.ts'
@@ -50,6 +51,7 @@ export class MeshNode {
   private signQueue!: SignQueue
   private buildLogs!: BuildLogs
   private httpListener: HttpListener | undefined
+  private builder: BuilderService | undefined
   private unserve: Unserve[] = []
   private stopping = false
   /** Set when the node opened its store itself (and so closes it). */
@@ -109,11 +111,28 @@ export class MeshNode {
     const dispatch = loop.dispatch.bind(loop)
     const cacheRef = (): CacheRef | undefined => signerLink.cacheRef()
     const trust = { own: nodeKey.public, peers, ...(o.trustedKeys !== undefined ? { trustedKeys: o.trustedKeys } : {}) }
+    const builder = this.builder = o.serveBuilder === true
+      ? new BuilderService({
+        dataDir: o.dataDir,
+        store,
+        log: log.child('builder'),
+        peers: () => peers.list().map(p => ({
+          systems: p.beacon.systems,
+          features: [...new Set([...p.beacon.features, ...p.beacon.mandatoryFeatures])],
+          maxJobs: p.beacon.diskLow ? 0 : p.beacon.maxJobs
+        })),
+        submit: async (drvPaths, options) => await this.submissions.submit(drvPaths, options),
+        report: (id) => this.submissions.report(id),
+        watch: (id, listener) => this.submissions.watch(id, listener),
+        watchLogs: async (id, onLines, stop, cancel) => { await this.buildLogs.watchSubmission(id, onLines, stop, cancel) }
+      })
+      : undefined
     this.effects = new Effects({
       network, store, signQueue, options: o, dispatch, log, cacheRef,
       stolenItems: () => scheduler.stolenItems(),
       flush: async () => { await db.flush() },
       trust: (peer) => peerTrust(trust, peer),
+      ...(builder !== undefined ? { builderRoot: builder.root } : {}),
       ...(o.trace !== undefined ? { trace: o.trace } : {})
     })
     this.submissions = new Submissions({ store, scheduler, db, dispatch, cacheRef, log })
@@ -167,6 +186,7 @@ export class MeshNode {
     )
     signerLink.startOffering()
     this.announcer.start()
+    await builder?.start()
     if (o.httpListen !== undefined) {
       this.httpListener = await startHttpListener(metrics, { ...o.httpListen, log: log.child('http') }, {
         status: () => this.status(),
@@ -182,6 +202,8 @@ export class MeshNode {
   async stop (): Promise<void> {
     if (this.stopping) return
     this.stopping = true
+    // First, so plain Nix stops sending builds (the machines file is emptied) while the mesh still answers.
+    await this.builder?.stop()
     this.loop.stop()
     this.announcer.stop()
     this.buildLogs.stop()

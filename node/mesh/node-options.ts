@@ -48,6 +48,11 @@ export interface NodeOptions {
   cachePublicKeys?: string[]
   /** From --cache-url: the shared cache named directly (needs cachePublicKeys). */
   cacheUrl?: string
+  /**
+   * From --serve-builder: the builder socket plain Nix uses as a remote builder, and the
+   * machines file for nix.conf's `builders = @file` (node/builder/builder-service.ts).
+   */
+  serveBuilder?: boolean
   /** From --http-listen: where the read-only HTTP listener (/metrics) binds; none when absent. */
   httpListen?: { host: string, port: number }
 }

@@ -126,7 +126,7 @@ export interface FetchOptions {
  * With `options.trust`, throws UntrustedPath, having imported nothing, when a path it would
  * import carries no valid signature by one of those keys.
  */
-export async function fetchClosure (network: MeshNetwork, store: StoreBackend, peer: string, roots: string[], signal?: AbortSignal, options: FetchOptions = {}): Promise<FetchResult> {
+export async function fetchClosure (network: MeshNetwork, store: Pick<StoreBackend, 'isValid' | 'importNars'>, peer: string, roots: string[], signal?: AbortSignal, options: FetchOptions = {}): Promise<FetchResult> {
   if (roots.length === 0) return { imported: [], bytes: 0, present: [], missing: [] }
   // 1. Ask what the closure holds. No local check first: what is fetched is almost never here
   //    yet, and the check of the whole closure below covers the roots.

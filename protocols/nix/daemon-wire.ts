@@ -28,6 +28,8 @@ export const OP_NAR_FROM_PATH = 38
 export const OP_ADD_TO_STORE_NAR = 39
 export const OP_QUERY_MISSING = 40
 export const OP_BUILD_PATHS_WITH_RESULTS = 46
+export const OP_BUILD_DERIVATION = 36
+export const OP_ADD_MULTIPLE_TO_STORE = 44
 
 /** GCOptions::gcDeleteSpecific: delete the paths given, if nothing keeps them alive. */
 export const GC_DELETE_SPECIFIC = 3
@@ -313,6 +315,41 @@ export async function readBuildResult (reader: WireReader): Promise<BuildResult>
 export function frameHeader (length: number): Uint8Array { return new WireWriter().u64(length).toBytes() }
 /** The empty frame that ends a framed stream. */
 export const FRAME_END = new Uint8Array(WORD)
+/** A frame longer than this is not one Nix's FramedSink (a 32 KiB buffer) would write. */
+export const MAX_FRAME_LENGTH = 16 * 1024 * 1024
+
+/**
+ * The payload of a framed stream (serialise.hh's FramedSource), read as it arrives: each frame's
+ * bytes, until the empty frame. `ended` tells whether that end was reached, so a caller that
+ * stopped early can `drain()` the rest and be back in step with the stream.
+ */
+export class FramedReader implements AsyncIterable<Uint8Array> {
+  ended = false
+  private readonly frames: AsyncGenerator<Uint8Array>
+
+  constructor (reader: WireReader, maxFrame = MAX_FRAME_LENGTH) {
+    this.frames = this.read(reader, maxFrame)
+  }
+
+  private async * read (reader: WireReader, maxFrame: number): AsyncGenerator<Uint8Array> {
+    for (let i = 0; ; i++) {
+      const length = await reader.readU64(`frame ${i} length`)
+      if (length === 0) { this.ended = true; return }
+      if (length > maxFrame) throw new DaemonProtocolError(`frame ${i}: length ${length} exceeds the limit of ${maxFrame}`)
+      yield * reader.readChunks(length, `frame ${i}`)
+    }
+  }
+
+  /** An iterator that a consumer's `break` cannot close: the frames stay readable for drain(). */
+  [Symbol.asyncIterator] (): AsyncIterator<Uint8Array> {
+    return { next: async () => await this.frames.next() }
+  }
+
+  /** Reads and drops what is left, up to and including the empty frame. */
+  async drain (): Promise<void> {
+    for (;;) if ((await this.frames.next()).done === true) break
+  }
+}
 
 /** NAR tokens that are not file contents (names, targets, keywords) are at most this long. */
 const MAX_NAR_TOKEN = 64 * 1024

@@ -25,7 +25,7 @@ const granted = (ds: Decision[]): string[] => ds.flatMap(d => d.type === 'grant'
 describe('remote-only jobs (the builder socket)', () => {
   it('are never built on the owner, however many slots it has free, and go to a thief', () => {
     const s = new Scheduler(config())
-    const first = s.handle({ type: 'submit', submission: submission('nix', [job('a')], true) }, 0)
+    const first = s.handle({ type: 'submit', submission: submission('socket', [job('a')], true) }, 0)
     assert.deepEqual(builds(first), [], 'the owner built a job whose outputs plain Nix has locked in its store')
     assert.deepEqual(builds(s.handle({ type: 'tick' }, 60_000)), [], 'the owner built it once it had waited')
     assert.deepEqual(granted(s.handle({ type: 'steal-request', requestId: 'r', from: 'peer', capabilities: X86, want: 2 }, 60_001)), ['/nix/store/a.drv'])
@@ -33,13 +33,13 @@ describe('remote-only jobs (the builder socket)', () => {
 
   it('a plain submission next to them is built on the owner as before', () => {
     const s = new Scheduler(config())
-    s.handle({ type: 'submit', submission: submission('nix', [job('a')], true) }, 0)
+    s.handle({ type: 'submit', submission: submission('socket', [job('a')], true) }, 0)
     assert.deepEqual(builds(s.handle({ type: 'submit', submission: submission('cli', [job('b')], false) }, 1)), ['/nix/store/b.drv'])
   })
 
   it("the owner's import of the thief's outputs is marked for the socket's root", () => {
     const s = new Scheduler(config())
-    s.handle({ type: 'submit', submission: submission('nix', [job('a')], true) }, 0)
+    s.handle({ type: 'submit', submission: submission('socket', [job('a')], true) }, 0)
     s.handle({ type: 'steal-request', requestId: 'r', from: 'peer', capabilities: X86, want: 1 }, 1)
     const ds = s.handle({ type: 'result', from: 'peer', drvPath: '/nix/store/a.drv', outcome: { ok: true, outputs: { out: '/nix/store/a' } } }, 2)
     const imports = ds.filter(d => d.type === 'import')

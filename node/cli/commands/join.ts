@@ -41,6 +41,7 @@ interface JoinArgs {
   'cache-compression': string
   trace?: string
   'http-listen': string
+  'serve-builder': boolean
 }
 
 const list = (v: unknown): string[] => (Array.isArray(v) ? v : [v]).flatMap(x => String(x).split(/[\s,]+/)).filter(x => x !== '')
@@ -71,11 +72,13 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     .option('cache-listen', { type: 'string', describe: 'With --signer: HOST:PORT to serve the binary cache over HTTP' })
     .option('cache-compression', { type: 'string', default: 'zstd', choices: ['zstd', 'br', 'none'], describe: 'With --signer: how NARs are compressed in the cache' })
     .option('http-listen', { type: 'string', default: `${HTTP_LISTEN_DEFAULT_HOST}:0`, describe: `[HOST:]PORT of this node's read-only HTTP listener (/ the live status page, /metrics for Prometheus, /healthz); loopback (${HTTP_LISTEN_DEFAULT_HOST}) unless HOST names another interface; "off" for none`, defaultDescription: `${HTTP_LISTEN_DEFAULT_HOST}, a free port (shown by status)` })
+    .option('serve-builder', { type: 'boolean', default: false, describe: 'Serve plain Nix as a remote builder: a socket (<data-dir>/builder.sock, root only) and the machines file <data-dir>/nix-machines for nix.conf\'s builders = @FILE (meshbuild nix-config prints the lines)' })
     .option('trace', { type: 'string', describe: 'Write every job\'s phases (ready, granted, build started/finished, outputs imported) to FILE as Chrome trace-event JSON (chrome://tracing, Perfetto, bench/trace-report.ts)' })
     .option('log-level', { type: 'string', default: process.env.MESHBUILD_LOG ?? 'info', choices: ['error', 'warn', 'info', 'debug'] })
     .example('$0 join', 'join the mesh on this LAN with defaults from the local Nix')
     .example('$0 join --max-jobs 4 --features big,kvm --speed-factor 2', 'a bigger builder')
     .example('$0 join --signer --cache-key cache.sec --cache-listen 0.0.0.0:8080', 'the signing node, serving the shared cache')
+    .example('$0 join --serve-builder', 'also let plain nix-build on this machine build through the mesh (see meshbuild nix-config)')
     .example('$0 join --http-listen 9464', 'metrics for a local Prometheus at http://127.0.0.1:9464/metrics') as unknown as Argv<JoinArgs>,
   handler: async (args) => {
     if (!isLogLevel(args['log-level'])) throw new UsageError(`unknown log level ${args['log-level']}`)
@@ -84,6 +87,8 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     const maxJobs = args['max-jobs'] ?? availableParallelism()
     if (!Number.isInteger(maxJobs) || maxJobs < 0) throw new UsageError(`--max-jobs must be a whole number, not ${maxJobs}`)
     if (!(args['speed-factor'] > 0)) throw new UsageError('--speed-factor must be positive')
+    // A number given twice reaches here as an array (yargs), which would make the lease NaN.
+    if (typeof args['lease-seconds'] !== 'number' || !(args['lease-seconds'] > 0)) throw new UsageError(`--lease-seconds must be one positive number, not ${String(args['lease-seconds'])}`)
     const httpListen = args['http-listen'] === 'off' ? undefined : parseHostPort('--http-listen', args['http-listen'], HTTP_LISTEN_DEFAULT_HOST)
     const mesh = await resolveMeshSecret({ open: args.open, dataDir: args['data-dir'], ...(args['mesh-secret-file'] !== undefined ? { file: args['mesh-secret-file'] } : {}) })
     for (const [level, text] of membershipMessages(mesh)) log[level](text)
@@ -117,6 +122,7 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
       ...(signer !== undefined ? { signer } : {}),
       ...(args.trace !== undefined ? { trace: new FileJobTrace(args.trace) } : {}),
       ...(httpListen !== undefined ? { httpListen } : {}),
+      ...(args['serve-builder'] ? { serveBuilder: true } : {}),
       ...trust
     })
     const control = await startControlServer(node, socketPath(args['data-dir']), log.child('control'))
