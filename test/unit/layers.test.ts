@@ -69,6 +69,7 @@ export function violation (i: Import): string | undefined {
   }
   if (isLibp2p(i.target) && !LIBP2P_FILES.has(i.file) && !typeOnlyInterface) return `only ${[...LIBP2P_FILES].join(', ')} load libp2p`
   if (under(i.file, 'node/signer') && under(i.target, 'node/mesh')) return 'node/signer/ does not import node/mesh/'
+  if (under(i.file, 'node/builder') && under(i.target, 'node/mesh') && !i.typeOnly) return 'node/builder/ names node/mesh/ types only: mesh-node.ts hands it its ports'
   if (under(i.file, 'node/control') && i.target === 'node/mesh/mesh-node.ts') return 'node/control/ depends on the ControlledNode interface, not MeshNode'
   return undefined
 }
