@@ -8,7 +8,7 @@ import type { FailureKind } from '../scheduler/job.ts'
 import type { StoreBackend } from '../nix/store-backend.ts'
 import type { Logger } from '../log.ts'
 import type { SubmitOptions } from '../mesh/node-options.ts'
-import type { JobResult, SubmissionReport } from '../mesh/reports.ts'
+import type { BuilderStatus, JobResult, SubmissionReport } from '../mesh/reports.ts'
 import { builderPaths, type BuilderPaths } from './builder-paths.ts'
 import { BuilderRoot } from './builder-root.ts'
 import { serveBuilderSocket, type BuilderSocket } from './builder-socket.ts'
@@ -43,6 +43,7 @@ export class BuilderService implements BuilderStore {
   private socket: BuilderSocket | undefined
   private machinesText: string | undefined
   private refreshTimer: ReturnType<typeof setInterval> | undefined
+  private readonly builds = { built: 0, failed: 0, running: 0 }
 
   constructor (ports: BuilderPorts) {
     this.ports = ports
@@ -71,7 +72,9 @@ export class BuilderService implements BuilderStore {
     this.root.stop()
   }
 
-  get connections (): number { return this.socket?.connections ?? 0 }
+  status (): BuilderStatus {
+    return { socket: this.paths.socket, machinesFile: this.paths.machinesFile, machines: (this.machinesText ?? '').trim(), connections: this.socket?.connections ?? 0, builds: { ...this.builds } }
+  }
 
   private async refreshMachines (): Promise<void> {
     const text = machinesFileText(this.paths.socket, this.paths.root, this.ports.peers())
@@ -98,6 +101,18 @@ export class BuilderService implements BuilderStore {
   readonly exportNar: BuilderStore['exportNar'] = (path) => this.ports.store.exportNar(path)
 
   readonly build = async (request: BuildRequest, onLog: (line: string) => void, signal: AbortSignal): Promise<BuildReply> => {
+    this.builds.running++
+    try {
+      const reply = await this.buildInMesh(request, onLog, signal)
+      if (reply.status === BuildStatus.Built) this.builds.built++
+      else this.builds.failed++
+      return reply
+    } finally {
+      this.builds.running--
+    }
+  }
+
+  private async buildInMesh (request: BuildRequest, onLog: (line: string) => void, signal: AbortSignal): Promise<BuildReply> {
     const { drvPath, derivation, options } = request
     const startTime = Math.floor(Date.now() / 1000)
     const reply = (status: number, errorMsg = ''): BuildReply => ({ status, errorMsg, timesBuilt: status === BuildStatus.Built ? 1 : 0, startTime, stopTime: Math.floor(Date.now() / 1000) })

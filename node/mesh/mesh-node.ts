@@ -251,7 +251,8 @@ export class MeshNode {
       counters: this.counters,
       signQueuePending: () => this.signQueue.pending(),
       signer: () => this.signerLink.status(),
-      ...(this.httpUrl !== undefined ? { httpUrl: this.httpUrl } : {})
+      ...(this.httpUrl !== undefined ? { httpUrl: this.httpUrl } : {}),
+      ...(this.builder !== undefined ? { builder: () => (this.builder as BuilderService).status() } : {})
     })
   }
 }

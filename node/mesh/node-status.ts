@@ -6,7 +6,7 @@ import type { Scheduler } from '../scheduler/scheduler.ts'
 import type { BuildCounters } from './effects.ts'
 import type { MeshNetwork } from './network.ts'
 import type { PeerTable } from './peer-table.ts'
-import type { CacheStatus, NodeFields, SignerStatus, StatusReport, SubmissionReport } from './reports.ts'
+import type { BuilderStatus, CacheStatus, NodeFields, SignerStatus, StatusReport, SubmissionReport } from './reports.ts'
 
 export interface StatusSources {
   network: MeshNetwork
@@ -20,6 +20,7 @@ export interface StatusSources {
   signer: () => { signer?: SignerStatus, cache: CacheStatus }
   /** The HTTP listener's base URL, when the node has one. */
   httpUrl?: string
+  builder?: () => BuilderStatus
 }
 
 export function nodeStatus (src: StatusSources): StatusReport {
@@ -53,7 +54,8 @@ export function nodeStatus (src: StatusSources): StatusReport {
     refusedStreams: network.refusedStreams(),
     signQueue: src.signQueuePending(),
     ...src.signer(),
-    ...(src.httpUrl !== undefined ? { http: { url: src.httpUrl, metrics: `${src.httpUrl}/metrics` } } : {})
+    ...(src.httpUrl !== undefined ? { http: { url: src.httpUrl, metrics: `${src.httpUrl}/metrics` } } : {}),
+    ...(src.builder !== undefined ? { builder: src.builder() } : {})
   }
 }
 

@@ -96,6 +96,18 @@ export interface StatusReport {
   refusedStreams: Record<string, number>
   /** The node's HTTP listener (join --http-listen), when it has one. */
   http?: { url: string, metrics: string }
+  /** The builder socket (join --serve-builder), when the node serves one. */
+  builder?: BuilderStatus
+}
+
+export interface BuilderStatus {
+  socket: string
+  machinesFile: string
+  /** The machines file's line; empty while no peer builds (Nix then builds locally). */
+  machines: string
+  connections: number
+  /** Builds plain Nix asked for since start, by how they ended (running: not ended yet). */
+  builds: { built: number, failed: number, running: number }
 }
 
 const SHOWN: Record<Job['state'], ResultState> = {

@@ -64,6 +64,11 @@ export function renderStatus (s: StatusReport, now: Date): string {
   }
   // Older nodes' reports, and nodes started with --http-listen off, have no listener.
   if (s.http !== undefined) out += `HTTP: status page ${s.http.url}/, Prometheus metrics at ${s.http.metrics}\n`
+  if (s.builder !== undefined) {
+    const b = s.builder
+    out += `Builder socket: ${b.socket} (nix.conf: builders = @${b.machinesFile}); ${b.connections} connection(s); plain Nix builds: ${b.builds.built} built, ${b.builds.failed} failed, ${b.builds.running} running\n`
+    out += `  machines file: ${b.machines === '' ? '(empty: no peer builds, Nix builds locally)' : b.machines}\n`
+  }
   if (s.signer === undefined) {
     out += `Signer: none online${s.signQueue > 0 ? `; ${s.signQueue} output(s) of this node wait for one` : ''}\n`
   } else {
