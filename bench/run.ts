@@ -9,6 +9,7 @@ const benches: Array<{ name: string, load: () => Promise<BenchModule> }> = [
   { name: 'nar', load: async () => await import('./nar.ts') },
   { name: 'cache', load: async () => await import('./cache.ts') },
   { name: 'mesh', load: async () => await import('./mesh.ts') },
+  { name: 'sim', load: async () => await import('./sim-report.ts') },
   { name: 'targets', load: async () => await import('./targets.ts') },
   { name: 'signer', load: async () => await import('./signer.ts') },
   { name: 'store', load: async () => await import('./store.ts') }

@@ -19,10 +19,12 @@
 import { randomBytes } from 'node:crypto'
 import { readFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { TestNetwork, type TestHost } from '../test/helpers/test-hosts.ts'
 import type { SubmissionReport } from '../node/mesh/reports.ts'
 import { chooseCli, MeshBench, waitForLine, type BenchNode } from './mesh.ts'
 import type { BenchRow } from './run.ts'
+import { commandLine, gitCommit, loadAverage, machine, markdownTable, PLACES, wrap, writeBlock } from './doc-block.ts'
 import { seededRandom } from '../node/scheduler/random.ts'
 
 const RUNS = Number(process.env.BENCH_TARGETS_RUNS ?? 3)
@@ -41,10 +43,10 @@ const QUEUED_JOBS = 10_000
 const BUILD_TIMEOUT_MS = 600_000
 
 /** One derivation of a generated DAG: its inputs are indices of earlier jobs. */
-interface DagJob { name: string, deps: number[], sleepS: number }
+export interface DagJob { name: string, deps: number[], sleepS: number }
 
 /** Layers of the given widths; each job depends on 1–3 jobs of the layer before. */
-function layeredDag (widths: number[], sleepMaxS: number, seed: number): DagJob[] {
+export function layeredDag (widths: number[], sleepMaxS: number, seed: number): DagJob[] {
   const random = seededRandom(seed)
   const jobs: DagJob[] = []
   let prev: number[] = []
@@ -73,7 +75,7 @@ export function lowerBound (jobs: DagJob[], slots: number): { lb: number, critic
 }
 
 /** A Nix expression whose attribute `all` is the list of the DAG's derivations, in order. */
-function dagExpr (jobs: DagJob[], tag: string): string {
+export function dagExpr (jobs: DagJob[], tag: string): string {
   const binds = jobs.map((j, i) => {
     const script = j.sleepS > 0 ? `/bin/sleep ${j.sleepS}; echo ${tag} ${j.name} > $out` : `echo ${tag} ${j.name} > $out`
     return `  d${i} = derivation { name = "${j.name}"; system = builtins.currentSystem; builder = "/bin/sh"; ` +
@@ -270,7 +272,29 @@ async function queuedMemory (bench: MeshBench): Promise<BenchRow[]> {
 
 const COLUMNS = ['workload', 'run', 'LB s', 'mesh s', 'mesh (owner) s', `local -j ${SLOTS} s`, 'mesh/LB', 'owner/LB', 'local/LB', 'mesh/local', 'owner/local', 'mesh jobs/s', 'local jobs/s', 'note']
 
+/** The sleep DAG's rows go into this file's generated targets block; BENCH_TARGETS_DOC=none: nowhere. */
+const DOC = process.env.BENCH_TARGETS_DOC ?? fileURLToPath(new URL('../docs/benchmarks.md', import.meta.url))
+
+async function writeSleepBlock (rows: BenchRow[], started: Date, loadStart: string, cliNote: string): Promise<void> {
+  const sleep = rows.filter(r => String(r.workload).startsWith('sleep DAG'))
+  if (DOC === 'none' || sleep.length === 0) return
+  const body = [
+    wrap(`\`${commandLine(['BENCH_TARGETS', 'BENCH_SLEEP_', 'BENCH_TRACE_DIR', 'BENCH_MESH_'])}\` on ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, ` +
+      `commit ${gitCommit(['node', 'protocols'])}, nodes running ${cliNote}; machine: ${machine()}; load average ${loadStart} at the start, ` +
+      `${loadAverage()} at the end; the whole run (parts ${[...PARTS].join(', ')}) took ${fmt((Date.now() - started.getTime()) / 1000)} s.`),
+    '',
+    wrap(`**Sleep DAG**: ${SLEEP_LAYERS} layers × ${SLEEP_WIDTH} derivations sleeping 0–${SLEEP_MAX_S} s, a new random DAG each run; ` +
+      `the mesh of ${MESH_HOSTS} test hosts × ${SLOTS_PER_NODE} slots (\`meshbuild submit\` wall time; "owner": inside the node) against ` +
+      `\`nix-store --realise -j ${SLOTS}\` on one more host. LB = max(critical path, work ÷ ${SLOTS} slots).`),
+    '',
+    markdownTable(sleep, ['run', 'LB s', 'mesh s', 'mesh (owner) s', `local -j ${SLOTS} s`, 'mesh/LB', 'owner/LB', 'local/LB', 'mesh/local', 'note'])
+  ].join('\n')
+  await writeBlock(DOC, 'targets', body, PLACES.targets)
+}
+
 export async function run (): Promise<BenchRow[]> {
+  const started = new Date()
+  const loadStart = loadAverage()
   const { path: cli, note } = chooseCli()
   process.stderr.write(`targets bench: nodes run ${note}; ${RUNS} runs each; parts ${[...PARTS].join(',')}\n`)
   if (TRACE_DIR !== undefined) await mkdir(TRACE_DIR, { recursive: true })
@@ -300,6 +324,7 @@ export async function run (): Promise<BenchRow[]> {
     await bench.close()
     await net.destroy()
   }
+  await writeSleepBlock(rows, started, loadStart, note)
   return rows.map(r => Object.fromEntries(COLUMNS.map(c => [c, r[c] ?? ''])))
 }
 
