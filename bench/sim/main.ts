@@ -15,7 +15,10 @@ class UsageError extends Error {
 const USAGE = `usage: npm run sim -- --workload ${WORKLOADS.join('|')} --jobs N --nodes M
   --policy ${POLICIES.join('|')} --seed S [--fail-rate R] [--json]
   [--gossip exact|coalesced] [--speeds 1,2,3,4] [--slots 2,4,8] [--check]
-  [--calibration daemon|cli-trace] [--calibration-file FILE (from bench/sim/calibrate.ts)]`
+  [--calibration daemon|cli-trace] [--calibration-file FILE (from bench/sim/calibrate.ts)]
+  [--owners K [--shares 1,2]]  K owners (nodes 0..K-1) each submit their own copy of the
+                               workload at once, with these share weights (meshbuild only:
+                               the baselines have one submitter)`
 
 function main (argv: string[]): void {
   const { values } = parseArgs({
@@ -33,6 +36,8 @@ function main (argv: string[]): void {
       speeds: { type: 'string' },
       slots: { type: 'string' },
       check: { type: 'boolean', default: false },
+      owners: { type: 'string', default: '1' },
+      shares: { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false }
     },
@@ -49,6 +54,11 @@ function main (argv: string[]): void {
   const profile = CALIBRATIONS[oneOf(values.calibration, Object.keys(CALIBRATIONS) as CalibrationName[], '--calibration')]
   const file = values['calibration-file']
   const calibration: Calibration = file === undefined ? profile : { ...profile, ...(JSON.parse(readFileSync(file, 'utf8')) as Partial<Calibration>) }
+  const owners = integer(values.owners, '--owners')
+  if (owners < 1 || owners > nodes) throw new UsageError(`--owners must be 1..${nodes} (the nodes), not ${owners}`)
+  if (owners > 1 && policy !== 'meshbuild') throw new UsageError(`--owners ${owners}: only --policy meshbuild simulates several owners; the baselines have one submitter`)
+  const shares = values.shares === undefined ? undefined : numbers(values.shares, '--shares')
+  if (shares !== undefined && shares.length !== owners) throw new UsageError(`--shares needs one weight per owner (${owners}), not ${shares.length}`)
   const gossip = values.gossip === undefined ? undefined : oneOf(values.gossip, ['exact', 'coalesced'] as const, '--gossip')
   const cluster = makeCluster(nodes, seed, {
     ...(values.speeds !== undefined ? { speeds: numbers(values.speeds, '--speeds') } : {}),
@@ -62,7 +72,9 @@ function main (argv: string[]): void {
     failRate,
     check: values.check,
     calibration,
-    ...(gossip !== undefined ? { gossip } : {})
+    ...(gossip !== undefined ? { gossip } : {}),
+    ...(owners > 1 ? { owners } : {}),
+    ...(shares !== undefined ? { shares } : {})
   })
   process.stdout.write(values.json ? `${JSON.stringify(summary(result))}\n` : text(result))
 }
@@ -90,6 +102,7 @@ function summary (r: SimResult): Record<string, unknown> {
     criticalPath: r.criticalPath,
     workBound: r.workBound,
     traceHash: r.traceHash,
+    ...(r.owners !== undefined ? { owners: r.owners, fairness: r.fairness } : {}),
     counters: r.counters
   }
 }
@@ -100,6 +113,8 @@ function text (r: SimResult): string {
     `${r.workload}: ${r.jobs} jobs on ${r.nodes} nodes, ${r.policy}, seed ${r.seed}${r.failRate > 0 ? `, fail rate ${r.failRate} (${r.deaths} died)` : ''}`,
     `makespan ${r.makespan.toFixed(1)} s, lower bound ${r.lowerBound.toFixed(1)} s (critical path ${r.criticalPath.toFixed(1)} s, work ÷ capacity ${r.workBound.toFixed(1)} s): ${r.ratio.toFixed(3)} × LB`,
     `${r.messagesPerJob.toFixed(1)} messages/job, ${r.stealsPerJob.toFixed(2)} steals/job (${c.emptySteals} empty), ${(r.bytesMoved / 2 ** 20).toFixed(0)} MiB moved, ${r.idleSlotSeconds.toFixed(0)} idle slot-s while work was ready, submitter's uplink busy ${r.submitterUplinkSeconds.toFixed(0)} s`,
+    ...(r.owners ?? []).map((o, i) => `owner ${i} (share ${o.share}): makespan ${o.makespan.toFixed(1)} s, ${(100 * o.slotShare).toFixed(1)} % of the slots while all had work`),
+    ...(r.fairness !== undefined ? [`fairness (Jain's index of slot share ÷ share) ${r.fairness.toFixed(3)}`] : []),
     `${c.events} events, ${c.handleCalls} scheduler calls, ${Math.round(r.wallMs)} ms wall; trace ${r.traceHash}` +
       (Object.keys(c.unknownDecisions).length > 0 ? `; unknown decisions ${JSON.stringify(c.unknownDecisions)}` : ''),
     ''

@@ -14,6 +14,7 @@ import {
 } from '../../protocols/mesh/constants.ts'
 import type { Beacon, Offer } from '../../protocols/mesh/messages.ts'
 import { PeerTable } from '../../node/mesh/peer-table.ts'
+import { DEFAULT_SHARE } from '../../node/scheduler/fair-share.ts'
 import type { JobState, WorkItem } from '../../node/scheduler/job.ts'
 import {
   Scheduler, SCHEDULER_DEFAULTS, type BuildOutcome, type Decision, type PeerView, type SchedulerEvent
@@ -40,9 +41,21 @@ export interface MeshbuildOptions {
   /** Submit with --check-reproducible: every job built on two peers and compared. */
   check?: boolean
   seed: number
+  /**
+   * Owners: node o submits the workload's jobs ranges[o] = [from, to) (concatWorkloads());
+   * unless given, node 0 submits them all.
+   */
+  ownerRanges?: ReadonlyArray<readonly [number, number]>
+  /** Each owner's share weight (join --share), by owner; DEFAULT_SHARE for those not given. */
+  shares?: readonly number[]
 }
 
 export const SUBMISSION_ID = 'sim-submission'
+
+/** The submission of owner `o` (the first owner's keeps the single-owner id). */
+export function submissionId (o: number): string {
+  return o === 0 ? SUBMISSION_ID : `${SUBMISSION_ID}-${o}`
+}
 /** Free disk a beacon announces: plenty, the simulator has no disk. */
 const FREE_DISK_BYTES = 1e12
 /** The size of a steal grant's JSON per item, for its transfer time. Assumption: ~400 bytes. */
@@ -87,6 +100,19 @@ export class MeshbuildPolicy implements Policy {
   private readonly pendingRenewals = new Map<string, { worker: MeshNode, drvPaths: string[], requestedAt: number }>()
   private tokens = 0
   private requests = 0
+  private readonly owners: number
+  private readonly ranges: ReadonlyArray<readonly [number, number]>
+  /** The owner (node index) of each job. */
+  private readonly ownerOfJob: Uint16Array
+  /** When each owner's submission finished, and whether with every job built. */
+  private readonly ownerDoneAt: Array<number | undefined>
+  private readonly ownerOk: boolean[]
+  /** By owner: its ready jobs, its builds running, and its slot-ms while every owner had a ready job. */
+  private readonly readyOf: Int32Array
+  private readonly runningOf: Int32Array
+  private readonly contendedMs: Float64Array
+  private contendedSince = 0
+  private contendedTotalMs = 0
   private doneAt: number | undefined
   private ok = false
 
@@ -94,6 +120,16 @@ export class MeshbuildPolicy implements Policy {
     this.w = w
     this.workload = workload
     this.options = options
+    this.ranges = options.ownerRanges ?? [[0, workload.jobs.length]]
+    this.owners = this.ranges.length
+    if (this.owners > w.nodes.length) throw new SimInvariantError(`${this.owners} owners on ${w.nodes.length} nodes: owners are nodes`)
+    this.ownerOfJob = new Uint16Array(workload.jobs.length)
+    this.ranges.forEach(([from, to], o) => { this.ownerOfJob.fill(o, from, to) })
+    this.ownerDoneAt = new Array<number | undefined>(this.owners).fill(undefined)
+    this.ownerOk = new Array<boolean>(this.owners).fill(false)
+    this.readyOf = new Int32Array(this.owners)
+    this.runningOf = new Int32Array(this.owners)
+    this.contendedMs = new Float64Array(this.owners)
     workload.jobs.forEach(j => this.jobOf.set(j.drvPath, j.index))
     this.lastState = new Array<JobState | undefined>(workload.jobs.length).fill(undefined)
     this.nodes = w.nodes.map(spec => {
@@ -131,11 +167,53 @@ export class MeshbuildPolicy implements Policy {
       this.w.at(phase * BEACON_INTERVAL_MS, KIND.beacon, n.index, 0, () => { this.beaconTimer(n) })
       this.w.at(phase * TICK_MS, KIND.tick, n.index, 0, () => { this.tickTimer(n) })
     }
-    const owner = this.nodes[0] as MeshNode
-    this.w.at(submitAt, KIND.submit, 0, 0, () => {
-      const spec = submissionSpec(this.workload, SUBMISSION_ID, submitAt, this.options.check === true ? { check: true } : {})
-      this.dispatch(owner, { type: 'submit', submission: spec })
-    })
+    for (let o = 0; o < this.owners; o++) {
+      const owner = this.nodes[o] as MeshNode
+      this.w.at(submitAt, KIND.submit, o, 0, () => {
+        const spec = submissionSpec(this.workload, submissionId(o), submitAt, {
+          ...(this.options.check === true ? { check: true } : {}),
+          ...(this.owners > 1 ? { range: [...(this.ranges[o] as [number, number])] as [number, number] } : {})
+        })
+        this.dispatch(owner, { type: 'submit', submission: spec })
+      })
+    }
+  }
+
+  /** When each owner's submission finished (ms of simulated time), by owner. */
+  ownersFinishedAt (): number[] {
+    return this.ownerDoneAt.map(t => t ?? this.w.now)
+  }
+
+  /**
+   * Each owner's part of the slot-time spent while every owner had a job ready and unstarted
+   * (what the shares divide), and how long that was (ms); with one owner, 1 and the whole run.
+   */
+  contention (): { slotShares: number[], ms: number } {
+    this.account()
+    const total = this.contendedMs.reduce((s, x) => s + x, 0)
+    return { slotShares: [...this.contendedMs].map(x => total > 0 ? x / total : 0), ms: this.contendedTotalMs }
+  }
+
+  /** Adds the slot-time since the last change of a ready or running count, if all owners had work ready. */
+  private account (): void {
+    const now = this.w.now
+    if (now > this.contendedSince && this.readyOf.every(r => r > 0)) {
+      const dt = now - this.contendedSince
+      this.contendedTotalMs += dt
+      for (let o = 0; o < this.owners; o++) this.contendedMs[o] = (this.contendedMs[o] ?? 0) + (this.runningOf[o] ?? 0) * dt
+    }
+    this.contendedSince = now
+  }
+
+  private running (job: number, delta: number): void {
+    this.account()
+    const o = this.ownerOf(job)
+    this.runningOf[o] = (this.runningOf[o] ?? 0) + delta
+  }
+
+  /** The owner (node index) of job `job`. */
+  ownerOf (job: number): number {
+    return this.ownerOfJob[job] ?? 0
   }
 
   finished (): boolean {
@@ -147,9 +225,14 @@ export class MeshbuildPolicy implements Policy {
   }
 
   ends (): JobEnd[] {
-    const owner = this.nodes[0] as MeshNode
     const ends: JobEnd[] = new Array<JobEnd>(this.workload.jobs.length).fill('unfinished')
-    for (const j of owner.scheduler.submissionJobs(SUBMISSION_ID)) {
+    for (let o = 0; o < this.owners; o++) this.endsOf(o, ends)
+    return ends
+  }
+
+  private endsOf (o: number, ends: JobEnd[]): void {
+    const owner = this.nodes[o] as MeshNode
+    for (const j of owner.scheduler.submissionJobs(submissionId(o))) {
       const i = this.jobOf.get(j.drvPath)
       if (i === undefined) continue
       ends[i] = j.state === 'built' ? 'built'
@@ -157,11 +240,10 @@ export class MeshbuildPolicy implements Policy {
           : j.state === 'failed' ? (j.failure?.kind === 'transient' ? 'failed-transient' : 'failed-permanent')
             : 'unfinished'
     }
-    return ends
   }
 
   ownerHas (job: number): boolean {
-    return this.w.stores[0]?.has(job) === true
+    return this.w.stores[this.ownerOf(job)]?.has(job) === true
   }
 
   /** Whether the submission finished with every job built. */
@@ -192,7 +274,7 @@ export class MeshbuildPolicy implements Policy {
       case 'job-changed': this.announceSoon(n); this.jobChanged(d.job.drvPath, d.job.state); break
       case 'submission-finished':
         this.announceSoon(n)
-        if (d.id === SUBMISSION_ID) { this.doneAt = this.w.now; this.ok = d.ok }
+        if (n.index < this.owners && d.id === submissionId(n.index)) this.ownerFinished(n.index, d.ok)
         break
       case 'sign':
       case 'discard':
@@ -201,6 +283,15 @@ export class MeshbuildPolicy implements Policy {
       default:
         // A decision this simulator does not know yet (the scheduler grew one): counted, not fatal.
         bump(this.w.counters.unknownDecisions, (d as { type: string }).type)
+    }
+  }
+
+  private ownerFinished (o: number, ok: boolean): void {
+    this.ownerDoneAt[o] = this.w.now
+    this.ownerOk[o] = ok
+    if (this.ownerDoneAt.every(t => t !== undefined)) {
+      this.doneAt = this.w.now
+      this.ok = this.ownerOk.every(x => x)
     }
   }
 
@@ -244,6 +335,8 @@ export class MeshbuildPolicy implements Policy {
       freeDiskBytes: FREE_DISK_BYTES,
       diskLow: false,
       building: [],
+      ownerSlots: s.ownerSlots(),
+      share: this.options.shares?.[n.index] ?? DEFAULT_SHARE,
       addresses: []
     }
     const c = this.w.counters
@@ -266,7 +359,9 @@ export class MeshbuildPolicy implements Policy {
     const last = views[views.length - 1]
     if (last === undefined) return
     if (this.options.gossip === 'coalesced') {
-      const signature = `${last.queued}|${last.maxJobs}|${last.speedFactor}|${JSON.stringify(last.offers)}|${JSON.stringify(last.capabilities)}`
+      // With several owners, their slots in use steer the thieves (fair-share.ts): a change counts.
+      const slots = this.owners > 1 ? `|${last.ownerSlots ?? 0}` : ''
+      const signature = `${last.queued}|${last.maxJobs}|${last.speedFactor}|${JSON.stringify(last.offers)}|${JSON.stringify(last.capabilities)}${slots}`
       if (signature === n.lastSignature) return
       n.lastSignature = signature
       this.deliver(n, [last])
@@ -344,11 +439,13 @@ export class MeshbuildPolicy implements Policy {
 
   private beginBuild (n: MeshNode, key: string, run: Run): void {
     this.w.tracker.begin(run.job, n.index, this.w.stores[n.index] as Set<number>, this.w.now)
+    this.running(run.job, 1)
     run.begun = true
     this.w.at(this.w.now + this.w.buildMs(run.job, n.index), KIND.buildDone, n.index, run.job, () => {
       if (n.runs.get(key) !== run || !this.w.isAlive(n.index)) return
       n.runs.delete(key)
       this.w.tracker.end(run.job, true, this.w.now)
+      this.running(run.job, -1)
       this.w.stores[n.index]?.add(run.job)
       const j = this.workload.jobs[run.job] as SimJob
       const outcome: BuildOutcome = run.item.check === true
@@ -363,13 +460,13 @@ export class MeshbuildPolicy implements Policy {
     const run = n.runs.get(key)
     if (run === undefined) return
     n.runs.delete(key)
-    if (run.begun) this.w.tracker.vanish(run.job)
+    if (run.begun) { this.w.tracker.vanish(run.job); this.running(run.job, -1) }
     this.w.counters.buildsAborted++
   }
 
   private onDeath (node: number): void {
     const n = this.nodes[node] as MeshNode
-    for (const run of n.runs.values()) if (run.begun) this.w.tracker.vanish(run.job)
+    for (const run of n.runs.values()) if (run.begun) { this.w.tracker.vanish(run.job); this.running(run.job, -1) }
     n.runs.clear()
     // Every peer forgets it at its first tick after PEER_EXPIRY_MS of silence.
     const at = n.lastPublishAt + PEER_EXPIRY_MS + TICK_MS
@@ -495,8 +592,14 @@ export class MeshbuildPolicy implements Policy {
       throw new SimInvariantError(`${drvPath} went from ${before} to ${state}`)
     }
     this.lastState[job] = state
-    if (before === 'ready' && state !== 'ready') this.w.idle.ready(job, -1, this.w.now)
-    else if (before !== 'ready' && state === 'ready') this.w.idle.ready(job, 1, this.w.now)
+    if (before === 'ready' && state !== 'ready') { this.w.idle.ready(job, -1, this.w.now); this.readyCount(job, -1) }
+    else if (before !== 'ready' && state === 'ready') { this.w.idle.ready(job, 1, this.w.now); this.readyCount(job, 1) }
+  }
+
+  private readyCount (job: number, delta: number): void {
+    this.account()
+    const o = this.ownerOf(job)
+    this.readyOf[o] = (this.readyOf[o] ?? 0) + delta
   }
 }
 

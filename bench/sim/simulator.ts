@@ -8,10 +8,11 @@ import { lowerBound } from './lower-bound.ts'
 import type { Counters } from './metrics.ts'
 import { CentralPullPolicy } from './policy-central-pull.ts'
 import { MeshbuildPolicy, type GossipMode } from './policy-meshbuild.ts'
+import { DEFAULT_SHARE } from '../../node/scheduler/fair-share.ts'
 import { StaticHookPolicy } from './policy-static-hook.ts'
 import type { Policy, PolicyName } from './policy.ts'
 import { randomFailures, World, type Failure } from './world.ts'
-import type { Workload } from './workloads.ts'
+import { concatWorkloads, type Workload } from './workloads.ts'
 
 export interface SimOptions {
   workload: Workload
@@ -30,6 +31,31 @@ export interface SimOptions {
   calibration?: CalibrationName | Calibration
   /** Keep every build's node and times in the result (memory grows with the jobs). */
   timeline?: boolean
+  /**
+   * Owners submitting at once (meshbuild only): nodes 0 … owners − 1, each its own copy of the
+   * workload, so the run builds owners × its jobs. 1 unless given.
+   */
+  owners?: number
+  /** Instead of copies: owner o submits ownerWorkloads[o] (workload is then only the first's name). */
+  ownerWorkloads?: Workload[]
+  /** Each owner's share weight (join --share), by owner; 1 for those not given. */
+  shares?: number[]
+}
+
+/** One owner of a run with several: when its submission finished and what of the mesh it got. */
+export interface OwnerResult {
+  share: number
+  /** From the submission to its last job's outputs at that owner, seconds. */
+  makespan: number
+  /**
+   * Its part of the slot-time spent building owners' jobs while every owner had a job ready and
+   * unstarted (the time the owners competed): about share ÷ total share when the mesh is fair.
+   */
+  slotShare: number
+}
+
+export class SimUsageError extends Error {
+  override name = 'SimUsageError'
 }
 
 export interface SimResult {
@@ -59,6 +85,13 @@ export interface SimResult {
   counters: Counters
   /** With options.timeline: each build, ms of simulated time from the submission. */
   timeline?: Array<{ job: number, node: number, start: number, end: number }>
+  /** With several owners: each one's figures, by owner (node index). */
+  owners?: OwnerResult[]
+  /**
+   * With several owners: Jain's index of slotShare ÷ share over the owners, 1 when each got
+   * slots exactly in proportion to its share, 1 ÷ owners when one got them all.
+   */
+  fairness?: number
 }
 
 /** The submission arrives once every node has gossiped once: the mesh is up, as a user finds it. */
@@ -71,14 +104,19 @@ const LIMIT_SLACK_MS = 3_600_000
 
 export function simulate (options: SimOptions): SimResult {
   const started = performance.now()
-  const { workload, cluster, seed } = options
+  const { cluster, seed } = options
+  const owners = options.ownerWorkloads?.length ?? options.owners ?? 1
+  if (!Number.isInteger(owners) || owners < 1 || owners > cluster.length) throw new SimUsageError(`owners must be 1..${cluster.length} (the nodes), not ${owners}`)
+  if (owners > 1 && options.policy !== 'meshbuild') throw new SimUsageError(`several owners are simulated for meshbuild only; ${options.policy} has one submitter`)
+  if ((options.shares ?? []).some(s => !(s > 0))) throw new SimUsageError(`shares must be positive numbers, not ${(options.shares ?? []).join(',')}`)
+  const { workload, ranges } = concatWorkloads(options.ownerWorkloads ?? new Array<Workload>(owners).fill(options.workload))
   const lb = lowerBound(workload.jobs, cluster)
   const check = options.check === true && options.policy === 'meshbuild'
   const world = new World(workload.jobs, cluster, seed, () => check ? 2 : 1, options.calibration ?? 'daemon')
   world.tracker.recordTimeline = options.timeline === true
-  const policy = makePolicy(options, world, check)
+  const policy = makePolicy({ ...options, workload }, world, check, ranges)
   const failRate = options.failRate ?? 0
-  const failures = [...(options.failures ?? []), ...randomFailures(cluster.length, failRate, SUBMIT_AT_MS, lb.lowerBoundMs, seed)]
+  const failures = [...(options.failures ?? []), ...randomFailures(cluster.length, failRate, SUBMIT_AT_MS, lb.lowerBoundMs, seed, owners)]
   world.scheduleFailures(failures)
   policy.start(SUBMIT_AT_MS)
   world.run(() => policy.finished(), SUBMIT_AT_MS + LIMIT_LB_FACTOR * lb.lowerBoundMs * (check ? 2 : 1) + LIMIT_SLACK_MS)
@@ -87,6 +125,7 @@ export function simulate (options: SimOptions): SimResult {
   const makespanMs = policy.finishedAt() - SUBMIT_AT_MS
   const n = workload.jobs.length
   const c = world.counters
+  const perOwner = owners > 1 && policy instanceof MeshbuildPolicy ? ownerResults(policy, options.shares ?? []) : undefined
   return {
     workload: workload.name,
     policy: options.policy,
@@ -109,16 +148,36 @@ export function simulate (options: SimOptions): SimResult {
     allBuilt: ends.every(e => e === 'built'),
     traceHash: world.trace.hex(),
     counters: c,
-    ...(options.timeline === true ? { timeline: world.tracker.timeline.map(t => ({ ...t, start: t.start - SUBMIT_AT_MS, end: t.end < 0 ? -1 : t.end - SUBMIT_AT_MS })) } : {})
+    ...(options.timeline === true ? { timeline: world.tracker.timeline.map(t => ({ ...t, start: t.start - SUBMIT_AT_MS, end: t.end < 0 ? -1 : t.end - SUBMIT_AT_MS })) } : {}),
+    ...(perOwner !== undefined ? { owners: perOwner, fairness: jainIndex(perOwner.map(o => o.slotShare / o.share)) } : {})
   }
 }
 
-function makePolicy (options: SimOptions, world: World, check: boolean): Policy {
+/** Each owner's makespan, and its part of the building slot-time while every owner had a job ready. */
+function ownerResults (policy: MeshbuildPolicy, shares: readonly number[]): OwnerResult[] {
+  const { slotShares } = policy.contention()
+  return policy.ownersFinishedAt().map((at, o) => ({
+    share: shares[o] ?? DEFAULT_SHARE,
+    makespan: (at - SUBMIT_AT_MS) / 1000,
+    slotShare: slotShares[o] ?? 0
+  }))
+}
+
+/** Jain's fairness index of `xs`: (Σx)² ÷ (n Σx²). */
+function jainIndex (xs: readonly number[]): number {
+  const sum = xs.reduce((s, x) => s + x, 0)
+  const squares = xs.reduce((s, x) => s + x * x, 0)
+  return squares === 0 ? 1 : sum * sum / (xs.length * squares)
+}
+
+function makePolicy (options: SimOptions, world: World, check: boolean, ownerRanges: Array<[number, number]>): Policy {
   switch (options.policy) {
     case 'meshbuild': return new MeshbuildPolicy(world, options.workload, {
       gossip: options.gossip ?? (options.cluster.length >= COALESCE_FROM_NODES ? 'coalesced' : 'exact'),
       check,
-      seed: options.seed
+      seed: options.seed,
+      ownerRanges,
+      ...(options.shares !== undefined ? { shares: options.shares } : {})
     })
     case 'static-hook': return new StaticHookPolicy(world, options.workload)
     case 'central-pull': return new CentralPullPolicy(world, options.workload)

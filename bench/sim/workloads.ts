@@ -84,15 +84,56 @@ export function generateWorkload (name: WorkloadName, jobs: number, seed: number
   return { name, seed, jobs: g.jobs }
 }
 
+/** Several owners' workloads in one: owner o's jobs are ranges[o] = [from, to) of the whole. */
+export interface OwnedWorkload {
+  workload: Workload
+  ranges: Array<[number, number]>
+}
+
+/**
+ * The workloads of several owners side by side, as each submitting its own: part c's jobs follow
+ * part c − 1's, under store paths marked with c (from the second part on), so copies of one
+ * workload stay distinct derivations.
+ */
+export function concatWorkloads (parts: readonly Workload[]): OwnedWorkload {
+  const first = parts[0]
+  if (first === undefined) throw new WorkloadError('no workload to concatenate')
+  const total = parts.reduce((s, w) => s + w.jobs.length, 0)
+  if (total > MAX_WORKLOAD_JOBS) throw new WorkloadError(`${total} jobs in all: a workload has 1..${MAX_WORKLOAD_JOBS} jobs`)
+  if (parts.length === 1) return { workload: first, ranges: [[0, total]] }
+  const jobs: SimJob[] = []
+  const ranges: Array<[number, number]> = []
+  parts.forEach((w, c) => {
+    const offset = jobs.length
+    // After /nix/store/<hash>-: the part's mark keeps the path valid and distinct.
+    const rename = (path: string): string => c === 0 ? path : `${path.slice(0, 44)}o${c}-${path.slice(44)}`
+    for (const j of w.jobs) {
+      jobs.push({
+        ...j,
+        index: j.index + offset,
+        name: c === 0 ? j.name : `o${c}-${j.name}`,
+        drvPath: rename(j.drvPath),
+        outputs: Object.fromEntries(Object.entries(j.outputs).map(([k, p]) => [k, rename(p)])),
+        inputs: j.inputs.map(i => i + offset)
+      })
+    }
+    ranges.push([offset, jobs.length])
+  })
+  return { workload: { name: first.name, seed: first.seed, jobs }, ranges }
+}
+
 /**
  * The submission `meshbuild submit` makes of the workload, as planSubmission() builds it: every
  * job with its outputs, system, required features and the input derivations that are jobs too;
- * requested = the jobs nothing depends on, in index order; nothing substituted.
+ * requested = the jobs nothing depends on, in index order; nothing substituted. With `range`
+ * [from, to): only those jobs (one owner's copy; their inputs lie in the range too).
  */
-export function submissionSpec (w: Workload, id: string, submittedAt: number, options: { priority?: number, check?: boolean } = {}): SubmissionSpec {
+export function submissionSpec (w: Workload, id: string, submittedAt: number, options: { priority?: number, check?: boolean, range?: [number, number] } = {}): SubmissionSpec {
   const hasDependent = new Uint8Array(w.jobs.length)
   for (const j of w.jobs) for (const i of j.inputs) hasDependent[i] = 1
-  const jobs: JobSpec[] = w.jobs.map(j => ({
+  const [from, to] = options.range ?? [0, w.jobs.length]
+  const part = from === 0 && to === w.jobs.length ? w.jobs : w.jobs.slice(from, to)
+  const jobs: JobSpec[] = part.map(j => ({
     drvPath: j.drvPath,
     outputs: j.outputs,
     inputJobs: j.inputs.map(i => (w.jobs[i] as SimJob).drvPath),
@@ -101,7 +142,7 @@ export function submissionSpec (w: Workload, id: string, submittedAt: number, op
   }))
   return {
     id,
-    requested: w.jobs.filter(j => hasDependent[j.index] === 0).map(j => j.drvPath),
+    requested: part.filter(j => hasDependent[j.index] === 0).map(j => j.drvPath),
     jobs,
     substituted: [],
     priority: options.priority ?? DEFAULT_PRIORITY,

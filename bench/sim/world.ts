@@ -223,13 +223,13 @@ export class World {
 }
 
 /**
- * `rate` × (nodes other than the submitter) nodes, chosen by `seed`, each dying at a time drawn
- * uniformly in [from, from + withinMs).
+ * `rate` × (nodes other than the submitters, nodes 0 … owners − 1) nodes, chosen by `seed`, each
+ * dying at a time drawn uniformly in [from, from + withinMs).
  */
-export function randomFailures (nodes: number, rate: number, from: number, withinMs: number, seed: number): Failure[] {
+export function randomFailures (nodes: number, rate: number, from: number, withinMs: number, seed: number, owners = 1): Failure[] {
   if (!(rate >= 0 && rate <= 1)) throw new SimInvariantError(`--fail-rate is a share of the nodes, 0..1, not ${rate}`)
   const random = seededRandom((seed ^ 0x7f4a7c15) >>> 0)
-  const candidates = Array.from({ length: Math.max(0, nodes - 1) }, (_, i) => i + 1)
+  const candidates = Array.from({ length: Math.max(0, nodes - owners) }, (_, i) => i + owners)
   for (let i = candidates.length - 1; i > 0; i--) {
     const k = Math.floor(random() * (i + 1))
     const t = candidates[i] as number

@@ -7,6 +7,7 @@ import {
   ANNOUNCE_DELAY_MS, BEACON_INTERVAL_MS, DISK_CHECK_MS, MAX_BEACON_ADDRESSES, MAX_BUILDING_LISTED, TOPIC_BEACON, TOPIC_OFFER
 } from '../../protocols/mesh/constants.ts'
 import type { Beacon } from '../../protocols/mesh/messages.ts'
+import { DEFAULT_SHARE } from '../scheduler/fair-share.ts'
 import type { Decision, Scheduler } from '../scheduler/scheduler.ts'
 import type { Logger } from '../log.ts'
 import type { MeshNetwork } from './network.ts'
@@ -14,8 +15,8 @@ import type { NodeOptions } from './node-options.ts'
 
 export interface AnnouncerInit {
   network: MeshNetwork
-  scheduler: Pick<Scheduler, 'runningItems' | 'queuedCount' | 'offer'>
-  options: Pick<NodeOptions, 'capabilities' | 'maxJobs' | 'speedFactor' | 'minFreeDiskBytes'>
+  scheduler: Pick<Scheduler, 'runningItems' | 'queuedCount' | 'offer' | 'ownerSlots'>
+  options: Pick<NodeOptions, 'capabilities' | 'maxJobs' | 'speedFactor' | 'minFreeDiskBytes' | 'share'>
   /** This node's key, as its beacon announces it. */
   signingKey: string
   /** The signer fields of the beacon, when this node is the signer. */
@@ -88,6 +89,8 @@ export class Announcer {
       freeDiskBytes: this.freeDiskBytes,
       diskLow: this.diskLowNow,
       building: running.map(i => i.drvPath).slice(0, MAX_BUILDING_LISTED),
+      ownerSlots: scheduler.ownerSlots(),
+      share: this.init.options.share ?? DEFAULT_SHARE,
       addresses: this.init.network.addresses().slice(0, MAX_BEACON_ADDRESSES),
       signingKey: this.init.signingKey,
       ...(signer !== undefined ? { signer } : {})

@@ -23,6 +23,8 @@ export interface NodeOptions {
   capabilities: MachineCapabilities
   maxJobs: number
   speedFactor: number
+  /** This node's weight as an owner against other owners' (join --share, fair-share.ts); absent: 1. */
+  share?: number
   meshSecret: string
   bootstrap?: string[]
   mdns?: boolean

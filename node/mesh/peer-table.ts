@@ -68,6 +68,8 @@ export class PeerTable {
       running: b.running,
       queued: b.queued,
       speedFactor: b.speedFactor,
+      ...(b.ownerSlots !== undefined ? { ownerSlots: b.ownerSlots } : {}),
+      ...(b.share !== undefined ? { share: b.share } : {}),
       // A peer short of disk still hands out work; its offer stands as long as it has queued jobs.
       offers: b.queued > 0 ? (p.offer?.entries ?? []) : []
     }

@@ -5,9 +5,11 @@
 //
 // One node plays two roles here:
 // - owner of its submissions' jobs: keeps the DAG, the ready deque, the leases;
-// - worker: runs builds in its slots, its own jobs first, then jobs stolen from peers.
+// - worker: runs builds in its slots, its own jobs first, then jobs stolen from peers (from the
+//   owner furthest below its share first: fair-share.ts).
 import { canBuild, requirementsKey, type MachineCapabilities } from './matching.ts'
 import { criticalPaths } from './critical-path.ts'
+import { shareUse } from './fair-share.ts'
 import { seededRandom } from './random.ts'
 import {
   PERMANENT_FAILURES, TERMINAL_STATES,
@@ -63,6 +65,9 @@ export interface PeerView {
   queued: number
   speedFactor: number
   offers: OfferEntry[]
+  /** As an owner: slots building its jobs, and its share weight (fair-share.ts); absent: 0 and 1. */
+  ownerSlots?: number
+  share?: number
 }
 
 export type BuildOutcome =
@@ -203,6 +208,13 @@ export class Scheduler {
   /** Builds running in this node's slots: its own jobs and stolen ones. */
   runningItems (): WorkItem[] {
     return [...this.running.values()].map(r => r.item)
+  }
+
+  /** Slots building this node's own jobs, here and on peers (the leases it holds): for its beacon. */
+  ownerSlots (): number {
+    let n = 0
+    for (const j of this.jobs.values()) if (j.state === 'leased') n++
+    return n
   }
 
   /** Ready jobs this node holds. */
@@ -452,6 +464,10 @@ export class Scheduler {
       return
     }
     this.emptyInARow.delete(from)
+    // The owner's next beacon will count these slots; until then other owners come first here
+    // (a copy: the view may be shared with whoever delivered it).
+    const view = this.peers.get(from)
+    if (view !== undefined) this.peers.set(from, { ...view, ownerSlots: (view.ownerSlots ?? 0) + items.length })
     for (const item of items) {
       this.running.set(runKey(item.owner, item.drvPath), { item, lastRenew: this.now, lastAck: this.now })
       this.out.push({ type: 'build', item })
@@ -611,16 +627,25 @@ export class Scheduler {
     return [...groups.values()]
   }
 
-  /** The peer most loaded relative to its speed among those offering work we can build. */
+  /**
+   * Among the peers offering work we can build: the owner with the fewest slots per unit of its
+   * share (fair-share.ts), then the most loaded relative to its speed, then a seeded coin.
+   */
   private chooseVictim (): string | undefined {
     let best: string[] = []
+    let bestUse = Infinity
     let bestScore = -Infinity
     for (const id of this.offering) {
       const peer = this.peers.get(id)
       if (peer === undefined) continue
       if ((this.stealBackoff.get(peer.peerId) ?? 0) > this.now) continue
+      const use = shareUse(peer)
       const score = peer.queued / Math.max(peer.speedFactor, 0.001)
-      if (score > bestScore) { bestScore = score; best = [peer.peerId] } else if (score === bestScore) best.push(peer.peerId)
+      if (use < bestUse || (use === bestUse && score > bestScore)) {
+        bestUse = use
+        bestScore = score
+        best = [peer.peerId]
+      } else if (use === bestUse && score === bestScore) best.push(peer.peerId)
     }
     if (best.length === 0) return undefined
     best.sort()

@@ -17,6 +17,12 @@ const narHash = str(128, /^sha256:[0-9a-z]+$/)
 
 // --- gossip ----------------------------------------------------------------------------------
 
+/** Bounds of an owner's share weight (join --share): a ratio of 10^6 between two owners at most. */
+export const MIN_SHARE = 0.001
+export const MAX_SHARE = 1000
+/** Bound of the slots an owner announces building its jobs: more than any mesh holds. */
+export const MAX_OWNER_SLOTS = 1_000_000
+
 export const checkBeacon = obj({
   v: int(1, 1),
   seq: int(0),
@@ -31,6 +37,10 @@ export const checkBeacon = obj({
   freeDiskBytes: num(0),
   diskLow: bool,
   building: arr(storePath, MAX_BUILDING_LISTED),
+  /** Slots building this node's own jobs, here and on peers (its leases): what its share is measured against. */
+  ownerSlots: optional(int(0, MAX_OWNER_SLOTS)),
+  /** This node's share weight as an owner (join --share); absent: 1. */
+  share: optional(num(MIN_SHARE, MAX_SHARE)),
   addresses: arr(multiaddr, 32),
   signingKey: optional(nixKey),
   /** Present when this node is the mesh's signer. */

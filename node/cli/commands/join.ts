@@ -15,6 +15,7 @@ import { parseCompression } from '../../cache/compression.ts'
 import type { SignerOptions } from '../../mesh/mesh-node.ts'
 import { FileJobTrace } from '../../mesh/job-trace.ts'
 import { HTTP_LISTEN_DEFAULT_HOST } from '../../observe/http-listener.ts'
+import { parseShare } from '../../scheduler/fair-share.ts'
 
 interface JoinArgs {
   'data-dir': string
@@ -24,6 +25,7 @@ interface JoinArgs {
   features?: string[]
   'mandatory-features': string[]
   'speed-factor': number
+  share: number
   'mesh-secret-file'?: string
   open: boolean
   bootstrap: string[]
@@ -57,6 +59,7 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     .option('features', { type: 'array', string: true, describe: 'Supported system features', defaultDescription: 'Nix\'s system-features', coerce: list })
     .option('mandatory-features', { type: 'array', string: true, default: [], describe: 'Features a derivation must require to be built here', coerce: list })
     .option('speed-factor', { type: 'number', default: 1, describe: 'Relative speed of this machine (as in Nix machines files)' })
+    .option('share', { type: 'number', default: 1, describe: 'This node\'s weight as a submitter: while owners compete, each gets slots in proportion to its share (as Hydra\'s scheduling shares)' })
     .option('mesh-secret-file', { type: 'string', describe: `File holding the mesh secret (meshbuild key generate-mesh-secret FILE); nodes with another secret cannot connect (env ${MESH_SECRET_FILE_ENV})`, defaultDescription: '<data-dir>/mesh.secret, made on first start' })
     .option('open', { type: 'boolean', default: false, describe: 'Join the OPEN mesh: the public secret, shared by every node on the LAN started with --open (trusted networks only)' })
     .option('bootstrap', { type: 'array', string: true, default: [], describe: 'Peers to dial at start (/ip4/…/tcp/…/p2p/…), where multicast does not reach', coerce: list })
@@ -89,6 +92,7 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
     if (!(args['speed-factor'] > 0)) throw new UsageError('--speed-factor must be positive')
     // A number given twice reaches here as an array (yargs), which would make the lease NaN.
     if (typeof args['lease-seconds'] !== 'number' || !(args['lease-seconds'] > 0)) throw new UsageError(`--lease-seconds must be one positive number, not ${String(args['lease-seconds'])}`)
+    const share = shareArg(args.share)
     const httpListen = args['http-listen'] === 'off' ? undefined : parseHostPort('--http-listen', args['http-listen'], HTTP_LISTEN_DEFAULT_HOST)
     const mesh = await resolveMeshSecret({ open: args.open, dataDir: args['data-dir'], ...(args['mesh-secret-file'] !== undefined ? { file: args['mesh-secret-file'] } : {}) })
     for (const [level, text] of membershipMessages(mesh)) log[level](text)
@@ -113,6 +117,7 @@ export const joinCommand: CommandModule<object, JoinArgs> = {
       },
       maxJobs,
       speedFactor: args['speed-factor'],
+      share,
       meshSecret,
       bootstrap: args.bootstrap,
       mdns: args.mdns,
@@ -215,5 +220,14 @@ async function trustOptions (args: JoinArgs): Promise<{ trustedKeys?: PublicKey[
     ...(trustedKeys !== undefined ? { trustedKeys } : {}),
     ...(cachePublicKeys.length > 0 ? { cachePublicKeys } : {}),
     ...(cacheUrl !== undefined ? { cacheUrl: cacheUrl.replace(/\/+$/, '') } : {})
+  }
+}
+
+/** --share, refused with a usage error when not a positive number in bounds. */
+function shareArg (value: number): number {
+  try {
+    return parseShare(value)
+  } catch (err) {
+    throw new UsageError((err as Error).message)
   }
 }
