@@ -15,7 +15,7 @@ import type { NodeOptions } from './node-options.ts'
 
 export interface AnnouncerInit {
   network: MeshNetwork
-  scheduler: Pick<Scheduler, 'runningItems' | 'queuedCount' | 'offer' | 'ownerSlots'>
+  scheduler: Pick<Scheduler, 'runningItems' | 'queuedCount' | 'offer' | 'ownerSlots' | 'claims'>
   options: Pick<NodeOptions, 'capabilities' | 'maxJobs' | 'speedFactor' | 'minFreeDiskBytes' | 'share'>
   /** This node's key, as its beacon announces it. */
   signingKey: string
@@ -115,10 +115,12 @@ export class Announcer {
     this.beaconSeq++
     await this.init.network.publish(TOPIC_BEACON, this.beacon())
     const entries = this.init.scheduler.offer()
-    if (entries.length > 0 || !this.lastOfferEmpty) {
+    const claims = this.init.scheduler.claims()
+    const empty = entries.length === 0 && claims.open.length === 0 && claims.started.length === 0
+    if (!empty || !this.lastOfferEmpty) {
       this.offerSeq++
-      await this.init.network.publish(TOPIC_OFFER, { v: 1, seq: this.offerSeq, entries })
+      await this.init.network.publish(TOPIC_OFFER, { v: 1, seq: this.offerSeq, entries, ...(empty ? {} : { claims }) })
     }
-    this.lastOfferEmpty = entries.length === 0
+    this.lastOfferEmpty = empty
   }
 }

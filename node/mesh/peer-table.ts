@@ -71,7 +71,8 @@ export class PeerTable {
       ...(b.ownerSlots !== undefined ? { ownerSlots: b.ownerSlots } : {}),
       ...(b.share !== undefined ? { share: b.share } : {}),
       // A peer short of disk still hands out work; its offer stands as long as it has queued jobs.
-      offers: b.queued > 0 ? (p.offer?.entries ?? []) : []
+      offers: b.queued > 0 ? (p.offer?.entries ?? []) : [],
+      ...(p.offer?.claims !== undefined ? { claims: p.offer.claims } : {})
     }
   }
 }

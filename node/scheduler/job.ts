@@ -79,6 +79,11 @@ export interface Job extends JobSpec {
    * builder socket, whose client (plain Nix, in this node's store) holds the outputs' locks.
    */
   remoteOnly?: boolean
+  /**
+   * Owners this job was deferred to (another owner claimed it, claims.ts) whose outputs could not
+   * be fetched afterwards: it is not deferred to them again.
+   */
+  notDeferTo?: string[]
   /** Submissions that asked for this job (directly or as a dependency). */
   submissions: string[]
 }

@@ -10,6 +10,7 @@
 import { canBuild, requirementsKey, type MachineCapabilities } from './matching.ts'
 import { criticalPaths } from './critical-path.ts'
 import { shareUse } from './fair-share.ts'
+import { claimant, ownClaims, type Claims, type ClaimSets } from './claims.ts'
 import { seededRandom } from './random.ts'
 import {
   PERMANENT_FAILURES, TERMINAL_STATES,
@@ -48,6 +49,12 @@ export const MAX_BACKOFF_DOUBLINGS = 4
  * simulator 1 s and 6 s gave longer makespans than 3 s).
  */
 export const FASTER_HOLD_MS = 3_000
+/**
+ * Jobs ready when a submission arrives wait this long before this node starts or grants them,
+ * where a peer with an id before its own could claim them: an announcement round (50 ms and the
+ * gossip), so that of two owners submitting the same derivations at once only one builds them.
+ */
+export const CLAIM_HOLD_MS = 200
 
 /** Ready work a peer advertises, grouped by what it needs. */
 export interface OfferEntry {
@@ -68,6 +75,8 @@ export interface PeerView {
   /** As an owner: slots building its jobs, and its share weight (fair-share.ts); absent: 0 and 1. */
   ownerSlots?: number
   share?: number
+  /** As an owner: the jobs it will build and has started (claims.ts), from its offer. */
+  claims?: Claims
 }
 
 export type BuildOutcome =
@@ -144,6 +153,13 @@ export class Scheduler {
   private peerFreeSlots = 0
   /** When each ready job became ready: a young one may be kept for a faster peer (FASTER_HOLD_MS). */
   private readonly readySince = new Map<string, number>()
+  /** Peers' claims (those that announce any). */
+  private readonly claimsByPeer = new Map<string, ClaimSets>()
+  /** Ready jobs deferred to the peer that claims them (claims.ts), and until when a new submission's are held. */
+  private readonly deferredTo = new Map<string, string>()
+  private readonly claimHold = new Map<string, number>()
+  /** Jobs whose outputs are being fetched from the owner they were deferred to. */
+  private readonly claimFetches = new Set<string>()
   private pendingSteal: { from: string, want: number } | undefined
   private diskLow = false
   private out: Decision[] = []
@@ -231,11 +247,16 @@ export class Scheduler {
     return counts
   }
 
+  /** What this owner claims, for its offer (claims.ts). */
+  claims (): Claims {
+    return ownClaims(this.jobs.values(), j => this.deferredTo.has(j.drvPath))
+  }
+
   /** Ready jobs it will not start now, grouped for the offer gossip; empty when there are none. */
   offer (): OfferEntry[] {
     const groups = new Map<string, OfferEntry>()
     for (const j of this.jobs.values()) {
-      if (j.state !== 'ready') continue
+      if (j.state !== 'ready' || !this.startable(j)) continue
       const key = requirementsKey(j)
       const g = groups.get(key)
       if (g === undefined) groups.set(key, { system: j.system, requiredFeatures: [...j.requiredFeatures].sort(), count: 1 })
@@ -300,6 +321,11 @@ export class Scheduler {
       const job = this.jobs.get(p)
       if (job?.state === 'waiting') this.updateReadiness(job)
       else if (job !== undefined && job.submissions.includes(spec.id)) this.changed(job)
+    }
+    // Where a peer with an earlier id could be submitting the same derivations now, the jobs ready
+    // already wait one announcement round for its claims (CLAIM_HOLD_MS).
+    if ([...this.peers.keys()].some(p => p < this.config.selfId)) {
+      for (const s of spec.jobs) if (this.jobs.get(s.drvPath)?.state === 'ready') this.claimHold.set(s.drvPath, this.now + CLAIM_HOLD_MS)
     }
     this.checkSubmission(spec.id)
   }
@@ -404,6 +430,15 @@ export class Scheduler {
   private onImportFinished (from: string, drvPath: string, error: string | undefined): void {
     const job = this.jobs.get(drvPath)
     if (job?.state !== 'importing' || job.worker !== from) return
+    if (this.claimFetches.delete(drvPath) && error !== undefined) {
+      // The owner it was deferred to has no outputs to give (it failed, is gone, or had stopped
+      // listing it for others): this node builds it, and does not defer it to that owner again.
+      job.state = 'ready'
+      delete job.worker
+      job.notDeferTo = [...new Set([...(job.notDeferTo ?? []), from])]
+      this.changed(job)
+      return
+    }
     if (error !== undefined) {
       // That build is not admitted: another peer may take its place as the second builder.
       if (job.checkBuilds !== undefined) job.checkBuilds = job.checkBuilds.filter(b => b.builtBy !== from)
@@ -414,6 +449,7 @@ export class Scheduler {
   }
 
   private onPeerSeen (peer: PeerView): void {
+    if (peer.peerId !== this.config.selfId) this.peerClaims(peer.peerId, peer.claims)
     const before = this.peers.get(peer.peerId)
     if (peer.peerId !== this.config.selfId) {
       if (before !== undefined) this.peerFreeSlots -= freeSlots(before)
@@ -450,6 +486,7 @@ export class Scheduler {
     this.offering.delete(peerId)
     this.emptyInARow.delete(peerId)
     this.reportedTo.delete(peerId)
+    this.peerClaims(peerId, undefined)
     if (this.pendingSteal?.from === peerId) this.pendingSteal = undefined
     // Jobs leased to it come back when their leases lapse (see onTick): a peer that merely
     // dropped out of gossip may still be building.
@@ -560,6 +597,7 @@ export class Scheduler {
 
   /** Fills free slots: own ready jobs first, then one steal request to the best victim. */
   private schedule (): void {
+    this.reviewClaims()
     if (this.diskLow) return
     let free = this.config.maxJobs - this.running.size
     if (free <= 0) return
@@ -824,7 +862,49 @@ export class Scheduler {
    */
   private mayBuild (job: Job, peer: string): boolean {
     if (job.remoteOnly === true && peer === this.config.selfId) return false
+    if (!this.startable(job)) return false
     return job.check !== true || !(job.checkBuilds ?? []).some(b => b.builtBy === peer)
+  }
+
+  /** Whether this owner may start or grant a ready job now: not held for claims, not deferred to another owner. */
+  private startable (job: Job): boolean {
+    const hold = this.claimHold.get(job.drvPath)
+    if (hold !== undefined && this.now < hold) return false
+    if (job.state !== 'ready' || (this.claimsByPeer.size === 0 && this.deferredTo.size === 0)) return true
+    return !this.deferredTo.has(job.drvPath) && claimant(job, this.claimsByPeer, this.config.selfId) === undefined
+  }
+
+  private peerClaims (peerId: string, claims: Claims | undefined): void {
+    if (claims === undefined || (claims.open.length === 0 && claims.started.length === 0)) this.claimsByPeer.delete(peerId)
+    else this.claimsByPeer.set(peerId, { open: new Set(claims.open), started: new Set(claims.started) })
+  }
+
+  /**
+   * Defers ready jobs another owner claims (claims.ts), and fetches from that owner those it has
+   * stopped claiming: built there, the outputs come from its store; otherwise the fetch fails and
+   * this node builds the job.
+   */
+  private reviewClaims (): void {
+    for (const [drvPath, until] of this.claimHold) if (this.now >= until || this.jobs.get(drvPath)?.state !== 'ready') this.claimHold.delete(drvPath)
+    if (this.claimsByPeer.size === 0 && this.deferredTo.size === 0) return
+    for (const drvPath of this.readySince.keys()) {
+      const job = this.jobs.get(drvPath)
+      if (job?.state !== 'ready') continue
+      const to = claimant(job, this.claimsByPeer, this.config.selfId)
+      const was = this.deferredTo.get(drvPath)
+      if (to !== undefined) {
+        this.deferredTo.set(drvPath, to)
+      } else if (was !== undefined) {
+        this.deferredTo.delete(drvPath)
+        job.state = 'importing'
+        job.worker = was
+        job.grantedTo = [...new Set([...(job.grantedTo ?? []), was])]
+        this.claimFetches.add(drvPath)
+        this.changed(job)
+        this.out.push(this.importDecision(job, was))
+      }
+    }
+    for (const drvPath of this.deferredTo.keys()) if (this.jobs.get(drvPath)?.state !== 'ready') this.deferredTo.delete(drvPath)
   }
 
   private changed (job: Job): void {

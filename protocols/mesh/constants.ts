@@ -45,6 +45,10 @@ export const NAR_IDLE_TIMEOUT_MS = 60_000
 /** Limits of lists inside messages. */
 export const MAX_LIST_ITEMS = 10_000
 export const MAX_BUILDING_LISTED = 64
+/** Claims (node/scheduler/claims.ts): the first characters of a .drv's hash part, 60 bits. */
+export const CLAIM_KEY_LENGTH = 12
+/** Claims one offer lists, of each kind (open, started): the most urgent; offers stay under 16 KiB. */
+export const MAX_CLAIMS_LISTED = 256
 
 /** The signer answers a sign offer after pulling and storing every NAR in it. */
 export const SIGN_REPLY_TIMEOUT_MS = 30 * 60_000

@@ -1,7 +1,7 @@
 // Every message of the mesh: its type and its validator. docs/protocols.md describes each one.
 import { arr, bool, int, num, obj, oneOf, optional, record, SchemaError, str, validator, type Check } from './schema.ts'
 import { isStorePath } from '../nix/store-path.ts'
-import { LOG_LINE_CHARS, LOG_MESSAGE_LINES, MAX_BUILDING_LISTED, MAX_LIST_ITEMS, MAX_PATH_SIGNATURES } from './constants.ts'
+import { CLAIM_KEY_LENGTH, LOG_LINE_CHARS, LOG_MESSAGE_LINES, MAX_BUILDING_LISTED, MAX_CLAIMS_LISTED, MAX_LIST_ITEMS, MAX_PATH_SIGNATURES } from './constants.ts'
 
 /** A store path under /nix/store by Nix's rules (store-path.ts, the one definition). */
 const storePath: Check<string> = (v, where) => {
@@ -57,7 +57,14 @@ export type Beacon = ReturnType<typeof checkBeacon>
 export const validateBeacon = validator('beacon', checkBeacon)
 
 export const checkOfferEntry = obj({ system: name, requiredFeatures: names, count: int(1) })
-export const validateOffer = validator('offer', obj({ v: int(1, 1), seq: int(0), entries: arr(checkOfferEntry, 256) }))
+const claimKey = str(CLAIM_KEY_LENGTH, /^[0-9abcdfghijklmnpqrsvwxyz]{12}$/)
+export const validateOffer = validator('offer', obj({
+  v: int(1, 1),
+  seq: int(0),
+  entries: arr(checkOfferEntry, 256),
+  /** The owner's claims (node/scheduler/claims.ts): jobs it will build, and those it has started. */
+  claims: optional(obj({ open: arr(claimKey, MAX_CLAIMS_LISTED), started: arr(claimKey, MAX_CLAIMS_LISTED) }))
+}))
 export type Offer = ReturnType<typeof validateOffer>
 
 // --- steal -----------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ import type { JobSpec, SubmissionSpec } from '../../node/scheduler/job.ts'
 const X86: MachineCapabilities = { systems: ['x86_64-linux'], features: [], mandatoryFeatures: [] }
 const ARM: MachineCapabilities = { systems: ['aarch64-linux'], features: [], mandatoryFeatures: [] }
 
+// The owner's id sorts before its peers': no claim hold (CLAIM_HOLD_MS, scheduler-claims.test.ts)
+// comes between a submission and its first grants here.
 function config (over: Partial<SchedulerConfig> = {}): SchedulerConfig {
-  return { selfId: 'self', capabilities: X86, maxJobs: 1, speedFactor: 1, seed: 1, ...SCHEDULER_DEFAULTS, ...over }
+  return { selfId: '0-self', capabilities: X86, maxJobs: 1, speedFactor: 1, seed: 1, ...SCHEDULER_DEFAULTS, ...over }
 }
 
 function spec (name: string, inputs: string[] = []): JobSpec {
