@@ -19,6 +19,12 @@ import { machinesFileText, meshCanBuild, writeMachinesFile, type PeerCapabilitie
 export const MACHINES_REFRESH_MS = 2_000
 /** Builds of plain Nix go before `meshbuild submit`'s default (lower is more urgent). */
 export const BUILDER_PRIORITY = 50
+/**
+ * After the build ends, how long its last log lines may take to arrive before the reply goes to
+ * Nix anyway: a followed log ends only at the building peer's next look at its file (~0.3 s,
+ * which every build waited before; bench/builder.ts). A failure's tail is in its message.
+ */
+export const LOG_DRAIN_MS = 100
 /** Lines of the log in a failure's message, as many as Nix's default `log-lines`. */
 const FAILURE_LOG_LINES = 10
 /** Unix socket paths are at most this long (sun_path, with its NUL). */
@@ -133,11 +139,14 @@ export class BuilderService implements BuilderStore {
     })
     this.ports.log.info(`${drvPath}: building in the mesh for plain Nix (submission ${id})`)
     const finished = new AbortController()
-    const logs = this.ports.watchLogs(id, (_drv, lines) => { for (const l of lines) onLog(l) }, finished.signal, signal)
+    const drained = new AbortController()
+    const logs = this.ports.watchLogs(id, (_drv, lines) => { for (const l of lines) onLog(l) }, finished.signal, AbortSignal.any([signal, drained.signal]))
       .catch((err: unknown) => { this.ports.log.debug(`following the log of ${drvPath}: ${(err as Error).message}`) })
     const report = await untilFinished(this.ports, id, signal)
     finished.abort()
+    const drain = setTimeout(() => { drained.abort(new Error('the build is over')) }, LOG_DRAIN_MS)
     await logs
+    clearTimeout(drain)
     const job = report?.results.find(r => r.drvPath === drvPath)
     if (job === undefined) return reply(BuildStatus.MiscFailure, signal.aborted ? 'the client went away' : `the mesh lost submission ${id}`)
     if (job.state === 'built' || job.state === 'substituted') return reply(BuildStatus.Built)

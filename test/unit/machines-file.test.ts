@@ -11,9 +11,9 @@ const PEERS: PeerCapabilities[] = [
 ]
 
 describe('machinesFileText', () => {
-  it('names the unix:// socket with its root, the systems, the total slots and the features, in the field order of nix.conf', () => {
+  it('names the unix:// socket with its root, the systems, four jobs per peer slot and the features, in the field order of nix.conf', () => {
     assert.equal(machinesFileText('/d/builder.sock', '/d/root', PEERS),
-      'unix:///d/builder.sock?root=/d/root i686-linux,x86_64-linux - 6 1 big-parallel,kvm -\n')
+      'unix:///d/builder.sock?root=/d/root i686-linux,x86_64-linux - 24 1 big-parallel,kvm -\n')
   })
 
   it('writes - for an empty feature list and honours an explicit job count', () => {
@@ -28,7 +28,8 @@ describe('machinesFileText', () => {
   it('leaves out peers without slots from systems, features and jobs', () => {
     const text = machinesFileText('/s', '/r', [...PEERS, { systems: ['riscv64-linux'], features: ['gpu'], maxJobs: 0 }])
     assert.doesNotMatch(text, /riscv|gpu/)
-    assert.equal(defaultMaxJobs(PEERS), 6)
+    assert.equal(defaultMaxJobs(PEERS), 24, 'four builds per slot of the peers: Nix polls a postponed build only every 5 s')
+    assert.equal(defaultMaxJobs([{ systems: ['x86_64-linux'], features: [], maxJobs: 1 }]), 16, 'a small mesh still gets enough to keep it busy')
   })
 })
 
