@@ -12,7 +12,8 @@ const benches: Array<{ name: string, load: () => Promise<BenchModule> }> = [
   { name: 'sim', load: async () => await import('./sim-report.ts') },
   { name: 'targets', load: async () => await import('./targets.ts') },
   { name: 'signer', load: async () => await import('./signer.ts') },
-  { name: 'store', load: async () => await import('./store.ts') }
+  { name: 'store', load: async () => await import('./store.ts') },
+  { name: 'builder', load: async () => await import('./builder.ts') }
 ]
 
 const only = process.argv.slice(2)
