@@ -1,11 +1,12 @@
 // The README's main job: a small real mesh on this machine. Three test hosts (network
 // namespaces, each with its own /nix store) run `meshbuild join`, find each other by mDNS, and
-// build a sample DAG submitted on the first one, with the real CLI and its progress bar.
+// build a sample DAG submitted on the first one, with the real CLI and its progress bar; then
+// plain `nix-build` on the first host builds another copy through its node's builder socket.
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { TestNetwork } from '../test/helpers/test-hosts.ts'
 import { MESHBUILD_BIN, instantiateIn, meshSecretFile, startNode, stopNode, waitForMesh, type MeshNodeHandle } from '../test/helpers/mesh-hosts.ts'
-import { readFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 
 const HOSTS = 3
 
@@ -23,8 +24,8 @@ async function main (): Promise<void> {
     // Membership is closed: the hosts mesh because they share one secret file, made here.
     const secret = await meshSecretFile(net)
     say(`made a mesh secret file shared by the hosts (as meshbuild key generate-mesh-secret does): ${secret}`)
-    say('starting `meshbuild join --mesh-secret-file …` on each (2 build slots each); they find each other by mDNS')
-    for (let i = 0; i < HOSTS; i++) nodes.push(await startNode(net, net.host(i), { args: ['--max-jobs', '2'] }))
+    say('starting `meshbuild join --mesh-secret-file …` on each (2 build slots each; the first with --serve-builder); they find each other by mDNS')
+    for (let i = 0; i < HOSTS; i++) nodes.push(await startNode(net, net.host(i), { args: ['--max-jobs', '2', ...(i === 0 ? ['--serve-builder'] : [])] }))
     await waitForMesh(nodes)
     for (const n of nodes) console.log(`  ${n.host.name} ${n.host.address}  peer ${n.peerId}`)
 
@@ -50,7 +51,19 @@ async function main (): Promise<void> {
       const metrics = await a.host.execText(process.execPath, ['--input-type=module', '-e', fetchText, json.http.metrics])
       for (const line of metrics.split('\n').filter(l => /^meshbuild_(jobs_built|nar_bytes|steals|slots)/.test(l))) console.log(`  ${line}`)
     }
-    say('who built what')
+    say(`plain Nix through the mesh: \`meshbuild nix-config\` on ${a.host.name} prints`)
+    const config = await a.host.execText(process.execPath, [MESHBUILD_BIN, 'nix-config', '--data-dir', a.dataDir])
+    process.stdout.write(config)
+    const builders = config.split('\n').find(l => l.startsWith('builders = '))?.slice('builders = '.length) ?? ''
+    const plain = `import ${sample} { tag = "${tag}-nix-build"; }`
+    const file = `${net.sharedDir}/demo-nix-build.nix`
+    await writeFile(file, plain)
+    say(`nix-build ${file} -A release --option builders '${builders}' --max-jobs 0   (on ${a.host.name}: every build goes to the mesh)`)
+    const nixBuild = a.host.spawn('nix-build', [file, '-A', 'release', '--no-out-link', '--option', 'builders', builders, '--max-jobs', '0'], { stdio: ['ignore', 'inherit', 'inherit'] })
+    const nixCode = await new Promise<number>((resolve) => { nixBuild.on('exit', (c) => { resolve(c ?? 1) }) })
+    if (nixCode !== 0) throw new Error(`nix-build through the builder socket exited with ${nixCode}`)
+
+    say('who built what (the first host builds nothing for its own plain Nix: its peers do)')
     for (const n of nodes) {
       const log = await readFile(n.logFile, 'utf8')
       const built = [...log.matchAll(/\] built \/nix\/store\/[a-z0-9]{32}-(\S+)\.drv/g)].map(m => m[1])

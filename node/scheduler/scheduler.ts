@@ -325,7 +325,11 @@ export class Scheduler {
     // Where a peer with an earlier id could be submitting the same derivations now, the jobs ready
     // already wait one announcement round for its claims (CLAIM_HOLD_MS).
     if ([...this.peers.keys()].some(p => p < this.config.selfId)) {
-      for (const s of spec.jobs) if (this.jobs.get(s.drvPath)?.state === 'ready') this.claimHold.set(s.drvPath, this.now + CLAIM_HOLD_MS)
+      // Not the builder socket's: nobody claims those (claims.ts), and each is a submission of its own.
+      for (const s of spec.jobs) {
+        const job = this.jobs.get(s.drvPath)
+        if (job?.state === 'ready' && job.remoteOnly !== true) this.claimHold.set(s.drvPath, this.now + CLAIM_HOLD_MS)
+      }
     }
     this.checkSubmission(spec.id)
   }
