@@ -32,6 +32,7 @@ import { join } from 'node:path'
 import { TestNetwork, type TestHost } from '../test/helpers/test-hosts.ts'
 import type { SubmissionReport } from '../node/mesh/reports.ts'
 import { builderPaths } from '../node/builder/builder-paths.ts'
+import { defaultMaxJobs } from '../node/builder/machines-file.ts'
 import { chooseCli, MeshBench, waitForLine, type BenchNode, type LogLine } from './mesh.ts'
 import { dagExpr, layeredDag, lowerBound, type DagJob } from './targets.ts'
 import type { BenchRow } from './run.ts'
@@ -82,6 +83,9 @@ async function startMesh (bench: MeshBench, nodes: BenchNode[]): Promise<void> {
   await bench.waitForMesh(nodes)
 }
 
+/** The machines file's max-jobs once every worker is seen: the node's rule on their slots. */
+const OFFERED_JOBS = defaultMaxJobs(Array.from({ length: WORKERS }, () => ({ systems: [], features: [], maxJobs: SLOTS_PER_NODE })))
+
 /**
  * Waits until the machines file offers the socket with all the workers' slots; returns the file
  * the socket's nix-build names (with BENCH_BUILDER_SOCKET_JOBS, a copy with that max-jobs).
@@ -91,13 +95,13 @@ async function waitForMachines (file: string, sharedDir: string): Promise<string
   for (;;) {
     const text = await readFile(file, 'utf8').catch(() => '')
     const fields = text.trim().split(' ')
-    if (text.startsWith('unix://') && fields[3] === String(SLOTS)) {
+    if (text.startsWith('unix://') && fields[3] === String(OFFERED_JOBS)) {
       if (SOCKET_JOBS === undefined) return file
       const copy = join(sharedDir, 'bench-machines')
       await writeFile(copy, fields.map((f, i) => i === 3 ? SOCKET_JOBS : f).join(' ') + '\n')
       return copy
     }
-    if (Date.now() > deadline) throw new Error(`${file} did not offer ${SLOTS} slots within ${MACHINES_TIMEOUT_MS} ms: ${JSON.stringify(text)}`)
+    if (Date.now() > deadline) throw new Error(`${file} did not offer max-jobs ${OFFERED_JOBS} (the ${SLOTS} slots) within ${MACHINES_TIMEOUT_MS} ms: ${JSON.stringify(text)}`)
     await new Promise(resolve => setTimeout(resolve, 200))
   }
 }
