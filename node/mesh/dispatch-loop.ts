@@ -22,6 +22,7 @@ export class DispatchLoop {
   private readonly init: DispatchLoopInit
   private readonly subscribers: DecisionSubscriber[] = []
   private timer: NodeJS.Timeout | undefined
+  private wake: { at: number, timer: NodeJS.Timeout } | undefined
 
   /** Makes the scheduler of this node (needs the started network's peer id). */
   constructor (init: DispatchLoopInit) {
@@ -49,7 +50,18 @@ export class DispatchLoop {
   dispatch (event: SchedulerEvent): Decision[] {
     const decisions = this.scheduler.handle(event, Date.now())
     for (const d of decisions) for (const s of this.subscribers) s(d)
+    this.wakeWhenDue()
     return decisions
+  }
+
+  /** A tick at the scheduler's next deadline (a claim hold's end) when it comes before the regular one. */
+  private wakeWhenDue (): void {
+    const at = this.scheduler.wakeAt()
+    if (at === undefined || this.timer === undefined || (this.wake !== undefined && this.wake.at <= at)) return
+    if (this.wake !== undefined) clearTimeout(this.wake.timer)
+    const timer = setTimeout(() => { this.wake = undefined; this.dispatch({ type: 'tick' }) }, Math.max(0, at - Date.now()))
+    timer.unref()
+    this.wake = { at, timer }
   }
 
   /** Turns peers' beacons and offers into scheduler events, and starts the tick. */
@@ -66,6 +78,9 @@ export class DispatchLoop {
 
   stop (): void {
     clearInterval(this.timer)
+    this.timer = undefined
+    if (this.wake !== undefined) clearTimeout(this.wake.timer)
+    this.wake = undefined
   }
 
   private tick (): void {

@@ -247,6 +247,13 @@ export class Scheduler {
     return counts
   }
 
+  /** When the scheduler next has something to do without an event: the end of a claim hold. */
+  wakeAt (): number | undefined {
+    let at: number | undefined
+    for (const until of this.claimHold.values()) if (at === undefined || until < at) at = until
+    return at
+  }
+
   /** What this owner claims, for its offer (claims.ts). */
   claims (): Claims {
     return ownClaims(this.jobs.values(), j => this.deferredTo.has(j.drvPath))
