@@ -18,7 +18,11 @@ const USAGE = `usage: npm run sim -- --workload ${WORKLOADS.join('|')} --jobs N 
   [--calibration daemon|cli-trace] [--calibration-file FILE (from bench/sim/calibrate.ts)]
   [--owners K [--shares 1,2]]  K owners (nodes 0..K-1) each submit their own copy of the
                                workload at once, with these share weights (meshbuild only:
-                               the baselines have one submitter)`
+                               the baselines have one submitter)
+  [--shared [--no-claims]]     with --owners: every owner submits the same derivations instead
+                               (buildsPerJob says how often each was built in the mesh); their
+                               offers carry their claims, so each is built once and fetched by
+                               the others; --no-claims gossips none, the mesh before claims`
 
 function main (argv: string[]): void {
   const { values } = parseArgs({
@@ -38,6 +42,8 @@ function main (argv: string[]): void {
       check: { type: 'boolean', default: false },
       owners: { type: 'string', default: '1' },
       shares: { type: 'string' },
+      shared: { type: 'boolean', default: false },
+      'no-claims': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false }
     },
@@ -59,6 +65,8 @@ function main (argv: string[]): void {
   if (owners > 1 && policy !== 'meshbuild') throw new UsageError(`--owners ${owners}: only --policy meshbuild simulates several owners; the baselines have one submitter`)
   const shares = values.shares === undefined ? undefined : numbers(values.shares, '--shares')
   if (shares !== undefined && shares.length !== owners) throw new UsageError(`--shares needs one weight per owner (${owners}), not ${shares.length}`)
+  if (values.shared && owners < 2) throw new UsageError('--shared needs --owners 2 or more: the owners share the derivations')
+  if (values['no-claims'] && !values.shared) throw new UsageError('--no-claims needs --shared: only owners sharing derivations have claims to act on')
   const gossip = values.gossip === undefined ? undefined : oneOf(values.gossip, ['exact', 'coalesced'] as const, '--gossip')
   const cluster = makeCluster(nodes, seed, {
     ...(values.speeds !== undefined ? { speeds: numbers(values.speeds, '--speeds') } : {}),
@@ -74,7 +82,8 @@ function main (argv: string[]): void {
     calibration,
     ...(gossip !== undefined ? { gossip } : {}),
     ...(owners > 1 ? { owners } : {}),
-    ...(shares !== undefined ? { shares } : {})
+    ...(shares !== undefined ? { shares } : {}),
+    ...(values.shared ? { shared: true, claims: !values['no-claims'] } : {})
   })
   process.stdout.write(values.json ? `${JSON.stringify(summary(result))}\n` : text(result))
 }
@@ -87,6 +96,7 @@ function summary (r: SimResult): Record<string, unknown> {
     ratio: r.ratio,
     messagesPerJob: r.messagesPerJob,
     stealsPerJob: r.stealsPerJob,
+    buildsPerJob: r.buildsPerJob,
     bytesMoved: r.bytesMoved,
     idleSlotSeconds: r.idleSlotSeconds,
     submitterUplinkSeconds: r.submitterUplinkSeconds,
@@ -103,6 +113,7 @@ function summary (r: SimResult): Record<string, unknown> {
     workBound: r.workBound,
     traceHash: r.traceHash,
     ...(r.owners !== undefined ? { owners: r.owners, fairness: r.fairness } : {}),
+    ...(r.shared !== undefined ? { shared: r.shared } : {}),
     counters: r.counters
   }
 }
@@ -113,7 +124,8 @@ function text (r: SimResult): string {
     `${r.workload}: ${r.jobs} jobs on ${r.nodes} nodes, ${r.policy}, seed ${r.seed}${r.failRate > 0 ? `, fail rate ${r.failRate} (${r.deaths} died)` : ''}`,
     `makespan ${r.makespan.toFixed(1)} s, lower bound ${r.lowerBound.toFixed(1)} s (critical path ${r.criticalPath.toFixed(1)} s, work ÷ capacity ${r.workBound.toFixed(1)} s): ${r.ratio.toFixed(3)} × LB`,
     `${r.messagesPerJob.toFixed(1)} messages/job, ${r.stealsPerJob.toFixed(2)} steals/job (${c.emptySteals} empty), ${(r.bytesMoved / 2 ** 20).toFixed(0)} MiB moved, ${r.idleSlotSeconds.toFixed(0)} idle slot-s while work was ready, submitter's uplink busy ${r.submitterUplinkSeconds.toFixed(0)} s`,
-    ...(r.owners ?? []).map((o, i) => `owner ${i} (share ${o.share}): makespan ${o.makespan.toFixed(1)} s, ${(100 * o.slotShare).toFixed(1)} % of the slots while all had work`),
+    ...(r.shared !== undefined ? [`the owners share the derivations, ${r.shared.claims ? 'with' : 'without'} claims: ${r.buildsPerJob.toFixed(3)} builds per derivation`] : []),
+    ...(r.owners ?? []).map((o, i) => `owner ${i} (share ${o.share}): makespan ${o.makespan.toFixed(1)} s, ${(100 * o.slotShare).toFixed(1)} % of the slots while all had work${o.allBuilt ? '' : ', NOT all built'}`),
     ...(r.fairness !== undefined ? [`fairness (Jain's index of slot share ÷ share) ${r.fairness.toFixed(3)}`] : []),
     `${c.events} events, ${c.handleCalls} scheduler calls, ${Math.round(r.wallMs)} ms wall; trace ${r.traceHash}` +
       (Object.keys(c.unknownDecisions).length > 0 ? `; unknown decisions ${JSON.stringify(c.unknownDecisions)}` : ''),

@@ -8,6 +8,8 @@
 //   renew → lease-renew → renew-reply → lease-renewed / lease-lost; report → result (retried
 //   while the owner is unreachable); import → the NAR from the worker → import-finished;
 // - builder.ts: a stolen job first fetches its .drv and missing inputs from the owner.
+// With owners submitting the same derivations (shared), their offers carry their claims as
+// announcer.ts puts them there, and an owner fetches a job it deferred from the owner that built it.
 // Each message takes the network's latency; NARs take their size over the sender's uplink.
 import {
   ANNOUNCE_DELAY_MS, BEACON_INTERVAL_MS, MAX_STEAL_WANT, PEER_EXPIRY_MS, REPORT_GIVE_UP_MS, REPORT_RETRY_MS, TICK_MS
@@ -48,6 +50,10 @@ export interface MeshbuildOptions {
   ownerRanges?: ReadonlyArray<readonly [number, number]>
   /** Each owner's share weight (join --share), by owner; DEFAULT_SHARE for those not given. */
   shares?: readonly number[]
+  /** Every owner submits the same jobs (its range all of them): an owner's job is (owner, index). */
+  shared?: boolean
+  /** With shared: offers carry the owners' claims (claims.ts); false: none, so no owner defers. */
+  claims?: boolean
 }
 
 export const SUBMISSION_ID = 'sim-submission'
@@ -64,6 +70,8 @@ const GRANT_ITEM_BYTES = 400
 interface Run {
   token: number
   job: number
+  /** The node index of the job's owner. */
+  owner: number
   item: WorkItem
   begun: boolean
 }
@@ -97,11 +105,22 @@ export class MeshbuildPolicy implements Policy {
   private readonly spread: number[]
   private readonly positionInSpread: Int32Array
   private readonly lastState: Array<JobState | undefined>
+  /** Shared derivations: whether each counts as ready work for the idle measure (sharedReady). */
+  private readonly idleReady: Uint8Array
+  /** Shared derivations, at owner × jobs + job: the node that last built that owner's job (-1: none), and when the owner had it built. */
+  private readonly builderOf: Int32Array
+  private readonly builtAt: Float64Array
+  /** Shared derivations: outputs an owner fetched from another owner it deferred the job to, and those it found missing. */
+  private ownerFetches = 0
+  private ownerFetchesMissing = 0
   private readonly pendingRenewals = new Map<string, { worker: MeshNode, drvPaths: string[], requestedAt: number }>()
   private tokens = 0
   private requests = 0
   private readonly owners: number
   private readonly ranges: ReadonlyArray<readonly [number, number]>
+  private readonly shared: boolean
+  /** Whether offers carry claims: only with shared derivations, where they change what is built. */
+  private readonly gossipClaims: boolean
   /** The owner (node index) of each job. */
   private readonly ownerOfJob: Uint16Array
   /** When each owner's submission finished, and whether with every job built. */
@@ -123,15 +142,20 @@ export class MeshbuildPolicy implements Policy {
     this.ranges = options.ownerRanges ?? [[0, workload.jobs.length]]
     this.owners = this.ranges.length
     if (this.owners > w.nodes.length) throw new SimInvariantError(`${this.owners} owners on ${w.nodes.length} nodes: owners are nodes`)
+    this.shared = options.shared === true
+    this.gossipClaims = this.shared && options.claims !== false
     this.ownerOfJob = new Uint16Array(workload.jobs.length)
-    this.ranges.forEach(([from, to], o) => { this.ownerOfJob.fill(o, from, to) })
+    if (!this.shared) this.ranges.forEach(([from, to], o) => { this.ownerOfJob.fill(o, from, to) })
     this.ownerDoneAt = new Array<number | undefined>(this.owners).fill(undefined)
     this.ownerOk = new Array<boolean>(this.owners).fill(false)
     this.readyOf = new Int32Array(this.owners)
     this.runningOf = new Int32Array(this.owners)
     this.contendedMs = new Float64Array(this.owners)
     workload.jobs.forEach(j => this.jobOf.set(j.drvPath, j.index))
-    this.lastState = new Array<JobState | undefined>(workload.jobs.length).fill(undefined)
+    this.lastState = new Array<JobState | undefined>(workload.jobs.length * (this.shared ? this.owners : 1)).fill(undefined)
+    this.idleReady = new Uint8Array(this.shared ? workload.jobs.length : 0)
+    this.builderOf = new Int32Array(this.shared ? workload.jobs.length * this.owners : 0).fill(-1)
+    this.builtAt = new Float64Array(this.shared ? workload.jobs.length * this.owners : 0).fill(-1)
     this.nodes = w.nodes.map(spec => {
       const scheduler = new Scheduler({
         ...SCHEDULER_DEFAULTS,
@@ -172,7 +196,7 @@ export class MeshbuildPolicy implements Policy {
       this.w.at(submitAt, KIND.submit, o, 0, () => {
         const spec = submissionSpec(this.workload, submissionId(o), submitAt, {
           ...(this.options.check === true ? { check: true } : {}),
-          ...(this.owners > 1 ? { range: [...(this.ranges[o] as [number, number])] as [number, number] } : {})
+          ...(this.owners > 1 && !this.shared ? { range: [...(this.ranges[o] as [number, number])] as [number, number] } : {})
         })
         this.dispatch(owner, { type: 'submit', submission: spec })
       })
@@ -205,13 +229,13 @@ export class MeshbuildPolicy implements Policy {
     this.contendedSince = now
   }
 
-  private running (job: number, delta: number): void {
+  /** Owner `o`'s builds running changed by `delta`. */
+  private running (o: number, delta: number): void {
     this.account()
-    const o = this.ownerOf(job)
     this.runningOf[o] = (this.runningOf[o] ?? 0) + delta
   }
 
-  /** The owner (node index) of job `job`. */
+  /** The owner (node index) of job `job`; with shared derivations every owner has it, and this says 0. */
   ownerOf (job: number): number {
     return this.ownerOfJob[job] ?? 0
   }
@@ -224,9 +248,22 @@ export class MeshbuildPolicy implements Policy {
     return this.doneAt ?? this.w.now
   }
 
+  /** With shared derivations, a job is built when every owner has it built (else the first other end). */
   ends (): JobEnd[] {
+    if (this.shared) {
+      const ends = this.endsOfOwner(0)
+      for (let o = 1; o < this.owners; o++) this.endsOfOwner(o).forEach((e, i) => { if (ends[i] === 'built') ends[i] = e })
+      return ends
+    }
     const ends: JobEnd[] = new Array<JobEnd>(this.workload.jobs.length).fill('unfinished')
     for (let o = 0; o < this.owners; o++) this.endsOf(o, ends)
+    return ends
+  }
+
+  /** How owner `o`'s jobs ended, by job index ('unfinished' for those not its own). */
+  endsOfOwner (o: number): JobEnd[] {
+    const ends: JobEnd[] = new Array<JobEnd>(this.workload.jobs.length).fill('unfinished')
+    this.endsOf(o, ends)
     return ends
   }
 
@@ -242,8 +279,38 @@ export class MeshbuildPolicy implements Policy {
     }
   }
 
-  ownerHas (job: number): boolean {
+  /** Whether `owner` (unless given: the job's owner; with shared derivations, every owner) holds the outputs. */
+  ownerHas (job: number, owner?: number): boolean {
+    if (owner !== undefined) return this.w.stores[owner]?.has(job) === true
+    if (this.shared) return this.w.stores.slice(0, this.owners).every(s => s.has(job))
     return this.w.stores[this.ownerOf(job)]?.has(job) === true
+  }
+
+  /**
+   * Shared derivations: the fetches of outputs from another owner a job was deferred to (and
+   * how many found them missing, so the owner built the job itself), and how long after the
+   * first owner had a derivation's outputs the last had them (mean and max, seconds).
+   */
+  sharing (): { ownerFetches: number, ownerFetchesMissing: number, meanLag: number, maxLag: number } {
+    const n = this.workload.jobs.length
+    let sum = 0
+    let max = 0
+    let counted = 0
+    for (let job = 0; job < n; job++) {
+      let first = Infinity
+      let last = -Infinity
+      for (let o = 0; o < this.owners; o++) {
+        const t = this.builtAt[o * n + job] ?? -1
+        if (t < 0) { first = Infinity; break }
+        first = Math.min(first, t)
+        last = Math.max(last, t)
+      }
+      if (first === Infinity) continue
+      sum += last - first
+      max = Math.max(max, last - first)
+      counted++
+    }
+    return { ownerFetches: this.ownerFetches, ownerFetchesMissing: this.ownerFetchesMissing, meanLag: counted > 0 ? sum / counted / 1000 : 0, maxLag: max / 1000 }
   }
 
   /** Whether the submission finished with every job built. */
@@ -271,7 +338,7 @@ export class MeshbuildPolicy implements Policy {
       case 'renew-reply': this.renewReply(n, d.requestId, d.lost); break
       case 'report': this.report(n, d.owner, d.drvPath, d.outcome, this.w.now + REPORT_GIVE_UP_MS); break
       case 'import': this.importOutputs(n, d.from, d.drvPath); break
-      case 'job-changed': this.announceSoon(n); this.jobChanged(d.job.drvPath, d.job.state); break
+      case 'job-changed': this.announceSoon(n); this.jobChanged(n.index, d.job.drvPath, d.job.state); break
       case 'submission-finished':
         this.announceSoon(n)
         if (n.index < this.owners && d.id === submissionId(n.index)) this.ownerFinished(n.index, d.ok)
@@ -347,21 +414,26 @@ export class MeshbuildPolicy implements Policy {
     const first = this.gossipTable.view(n.id)
     if (first !== undefined) views.push(first)
     const entries = s.offer()
-    if (entries.length > 0 || !n.lastOfferEmpty) {
-      const offer: Offer = { v: 1, seq: ++n.offerSeq, entries }
+    // announcer.ts: an offer goes out while it has entries or claims, and once more when empty.
+    const claims = this.gossipClaims ? s.claims() : undefined
+    const empty = entries.length === 0 && (claims === undefined || (claims.open.length === 0 && claims.started.length === 0))
+    if (!empty || !n.lastOfferEmpty) {
+      const offer: Offer = { v: 1, seq: ++n.offerSeq, entries, ...(empty || claims === undefined ? {} : { claims }) }
       c.messages++
       c.gossipPublishes++
       this.gossipTable.offer(n.id, offer, this.w.now)
       const second = this.gossipTable.view(n.id)
       if (second !== undefined) views.push(second)
     }
-    n.lastOfferEmpty = entries.length === 0
+    n.lastOfferEmpty = empty
     const last = views[views.length - 1]
     if (last === undefined) return
     if (this.options.gossip === 'coalesced') {
       // With several owners, their slots in use steer the thieves (fair-share.ts): a change counts.
       const slots = this.owners > 1 ? `|${last.ownerSlots ?? 0}` : ''
-      const signature = `${last.queued}|${last.maxJobs}|${last.speedFactor}|${JSON.stringify(last.offers)}|${JSON.stringify(last.capabilities)}${slots}`
+      // And their claims: a claim dropped is another owner's cue to fetch the outputs.
+      const claimed = this.gossipClaims ? `|${JSON.stringify(last.claims ?? null)}` : ''
+      const signature = `${last.queued}|${last.maxJobs}|${last.speedFactor}|${JSON.stringify(last.offers)}|${JSON.stringify(last.capabilities)}${slots}${claimed}`
       if (signature === n.lastSignature) return
       n.lastSignature = signature
       this.deliver(n, [last])
@@ -404,14 +476,14 @@ export class MeshbuildPolicy implements Policy {
     const job = this.jobOf.get(item.drvPath)
     if (job === undefined) throw new SimInvariantError(`${n.id} was told to build ${item.drvPath}, which is no job of the workload`)
     const key = runKey(item.owner, item.drvPath)
-    const run: Run = { token: ++this.tokens, job, item, begun: false }
+    const owner = this.byId.get(item.owner)
+    if (owner === undefined) throw new SimInvariantError(`${n.id} holds a job of unknown owner ${item.owner}`)
+    const run: Run = { token: ++this.tokens, job, owner: owner.index, item, begun: false }
     n.runs.set(key, run)
     if (item.owner === n.id) {
       this.beginBuild(n, key, run)
       return
     }
-    const owner = this.byId.get(item.owner)
-    if (owner === undefined) throw new SimInvariantError(`${n.id} holds a job of unknown owner ${item.owner}`)
     // One path-info round and one NAR stream: the .drv and the inputs this store lacks.
     const j = this.workload.jobs[job] as SimJob
     const store = this.w.stores[n.index] as Set<number>
@@ -438,14 +510,15 @@ export class MeshbuildPolicy implements Policy {
   }
 
   private beginBuild (n: MeshNode, key: string, run: Run): void {
-    this.w.tracker.begin(run.job, n.index, this.w.stores[n.index] as Set<number>, this.w.now)
-    this.running(run.job, 1)
+    this.w.tracker.begin(run.job, n.index, this.w.stores[n.index] as Set<number>, this.w.now, this.copy(run))
+    this.running(run.owner, 1)
     run.begun = true
     this.w.at(this.w.now + this.w.buildMs(run.job, n.index), KIND.buildDone, n.index, run.job, () => {
       if (n.runs.get(key) !== run || !this.w.isAlive(n.index)) return
       n.runs.delete(key)
-      this.w.tracker.end(run.job, true, this.w.now)
-      this.running(run.job, -1)
+      this.w.tracker.end(run.job, true, this.w.now, this.copy(run))
+      this.running(run.owner, -1)
+      if (this.shared) this.builderOf[run.owner * this.workload.jobs.length + run.job] = n.index
       this.w.stores[n.index]?.add(run.job)
       const j = this.workload.jobs[run.job] as SimJob
       const outcome: BuildOutcome = run.item.check === true
@@ -455,18 +528,23 @@ export class MeshbuildPolicy implements Policy {
     })
   }
 
+  /** Which owner's job of the derivation a build is, for the tracker: only shared derivations have several. */
+  private copy (run: Run): number {
+    return this.shared ? run.owner : 0
+  }
+
   private abort (n: MeshNode, owner: string, drvPath: string): void {
     const key = runKey(owner, drvPath)
     const run = n.runs.get(key)
     if (run === undefined) return
     n.runs.delete(key)
-    if (run.begun) { this.w.tracker.vanish(run.job); this.running(run.job, -1) }
+    if (run.begun) { this.w.tracker.vanish(run.job, this.copy(run)); this.running(run.owner, -1) }
     this.w.counters.buildsAborted++
   }
 
   private onDeath (node: number): void {
     const n = this.nodes[node] as MeshNode
-    for (const run of n.runs.values()) if (run.begun) { this.w.tracker.vanish(run.job); this.running(run.job, -1) }
+    for (const run of n.runs.values()) if (run.begun) { this.w.tracker.vanish(run.job, this.copy(run)); this.running(run.owner, -1) }
     n.runs.clear()
     // Every peer forgets it at its first tick after PEER_EXPIRY_MS of silence.
     const at = n.lastPublishAt + PEER_EXPIRY_MS + TICK_MS
@@ -575,30 +653,72 @@ export class MeshbuildPolicy implements Policy {
       this.w.at(this.w.now + this.w.cal.deadPeerTimeoutMs, KIND.importDone, owner.index, job, fail)
       return
     }
-    this.w.send(from.index, owner.index, j.outputBytes, 1, this.w.now + this.w.roundTrip() + this.w.cal.importOverheadMs, KIND.importDone, job, () => {
+    const arrived = (): void => {
       if (!this.w.isAlive(from.index) || this.w.stores[from.index]?.has(job) !== true) { fail(); return }
       this.w.stores[owner.index]?.add(job)
       this.dispatch(owner, { type: 'import-finished', from: fromId, drvPath })
+    }
+    if (!this.shared) {
+      this.w.send(from.index, owner.index, j.outputBytes, 1, this.w.now + this.w.roundTrip() + this.w.cal.importOverheadMs, KIND.importDone, job, arrived)
+      return
+    }
+    // Not from the node that built this owner's job: from the owner the job was deferred to.
+    const deferred = this.builderOf[owner.index * this.workload.jobs.length + job] !== from.index
+    if (deferred) this.ownerFetches++
+    // From another owner the outputs may be missing (it never built them): fetchClosure's
+    // path-info round says so, PathUnavailable, before any NAR moves.
+    this.w.at(this.w.now + this.w.roundTrip(), KIND.importDone, owner.index, job, () => {
+      if (this.w.isAlive(from.index) && this.w.stores[from.index]?.has(job) !== true) {
+        if (deferred) this.ownerFetchesMissing++
+        this.dispatch(owner, { type: 'import-finished', from: fromId, drvPath, error: `${fromId} has no outputs of ${drvPath}: PathUnavailable` })
+        return
+      }
+      this.w.send(from.index, owner.index, j.outputBytes, 1, this.w.now + this.w.cal.importOverheadMs, KIND.importDone, job, arrived)
     })
   }
 
   // --- what the owner's jobs do, for the idle-slot measure -----------------------------------
 
-  private jobChanged (drvPath: string, state: JobState): void {
+  /** Owner `o`'s job `drvPath` is in `state` now (job-changed comes from the owner's scheduler only). */
+  private jobChanged (o: number, drvPath: string, state: JobState): void {
     const job = this.jobOf.get(drvPath)
     if (job === undefined) return
-    const before = this.lastState[job]
+    const key = this.shared ? o * this.workload.jobs.length + job : job
+    const before = this.lastState[key]
     if (before !== undefined && TERMINAL.has(before) && before !== state) {
-      throw new SimInvariantError(`${drvPath} went from ${before} to ${state}`)
+      throw new SimInvariantError(`${drvPath}${this.shared ? ` of owner ${o}` : ''} went from ${before} to ${state}`)
     }
-    this.lastState[job] = state
-    if (before === 'ready' && state !== 'ready') { this.w.idle.ready(job, -1, this.w.now); this.readyCount(job, -1) }
-    else if (before !== 'ready' && state === 'ready') { this.w.idle.ready(job, 1, this.w.now); this.readyCount(job, 1) }
+    this.lastState[key] = state
+    if (this.shared && state === 'built') this.builtAt[key] = this.w.now
+    if (this.shared) { this.sharedReady(job, before === 'ready', state === 'ready', o); return }
+    if (before === 'ready' && state !== 'ready') { this.w.idle.ready(job, -1, this.w.now); this.readyCount(o, -1) }
+    else if (before !== 'ready' && state === 'ready') { this.w.idle.ready(job, 1, this.w.now); this.readyCount(o, 1) }
   }
 
-  private readyCount (job: number, delta: number): void {
+  /**
+   * Shared derivations: for the idle measure a derivation is ready work while some owner has it
+   * ready and none has started or finished it (a second owner's copy of a job under way, or
+   * deferred to it, is no work waiting for a slot).
+   */
+  private sharedReady (job: number, wasReady: boolean, isReady: boolean, o: number): void {
+    if (wasReady !== isReady) this.readyCount(o, isReady ? 1 : -1)
+    const n = this.workload.jobs.length
+    let ready = false
+    let taken = false
+    for (let k = 0; k < this.owners; k++) {
+      const st = this.lastState[k * n + job]
+      if (st === 'ready') ready = true
+      else if (st === 'leased' || st === 'importing' || st === 'built') taken = true
+    }
+    const now = ready && !taken ? 1 : 0
+    if (now !== (this.idleReady[job] ?? 0)) {
+      this.idleReady[job] = now
+      this.w.idle.ready(job, now === 1 ? 1 : -1, this.w.now)
+    }
+  }
+
+  private readyCount (o: number, delta: number): void {
     this.account()
-    const o = this.ownerOf(job)
     this.readyOf[o] = (this.readyOf[o] ?? 0) + delta
   }
 }

@@ -38,6 +38,13 @@ export interface SimOptions {
   owners?: number
   /** Instead of copies: owner o submits ownerWorkloads[o] (workload is then only the first's name). */
   ownerWorkloads?: Workload[]
+  /**
+   * Instead of copies: every owner submits the workload itself, the same derivations, so the
+   * run needs its jobs built once (claims.ts); the owners' offers carry their claims.
+   */
+  shared?: boolean
+  /** With shared: false gossips no claims, so no owner defers to another (the mesh before claims). */
+  claims?: boolean
   /** Each owner's share weight (join --share), by owner; 1 for those not given. */
   shares?: number[]
 }
@@ -47,6 +54,8 @@ export interface OwnerResult {
   share: number
   /** From the submission to its last job's outputs at that owner, seconds. */
   makespan: number
+  /** Whether every job of its submission was built and its outputs reached it. */
+  allBuilt: boolean
   /**
    * Its part of the slot-time spent building owners' jobs while every owner had a job ready and
    * unstarted (the time the owners competed): about share ÷ total share when the mesh is fair.
@@ -73,6 +82,11 @@ export interface SimResult {
   ratio: number
   messagesPerJob: number
   stealsPerJob: number
+  /**
+   * Completed builds ÷ derivations: 1 when each was built once in the whole mesh, more where
+   * owners needing the same derivation both built it (or a checked job's two builds).
+   */
+  buildsPerJob: number
   bytesMoved: number
   idleSlotSeconds: number
   /** Seconds the submitter's uplink carried NARs: near the makespan, the network is the limit. */
@@ -87,6 +101,13 @@ export interface SimResult {
   timeline?: Array<{ job: number, node: number, start: number, end: number }>
   /** With several owners: each one's figures, by owner (node index). */
   owners?: OwnerResult[]
+  /**
+   * With several owners submitting the same derivations: whether their offers carried claims;
+   * the outputs owners fetched from the owner they deferred a job to, and how many of those
+   * found them missing (then the owner built the job itself); and how long after the first
+   * owner had a derivation's outputs the last one had them (seconds, mean and max).
+   */
+  shared?: { claims: boolean, ownerFetches: number, ownerFetchesMissing: number, meanLag: number, maxLag: number }
   /**
    * With several owners: Jain's index of slotShare ÷ share over the owners, 1 when each got
    * slots exactly in proportion to its share, 1 ÷ owners when one got them all.
@@ -109,10 +130,15 @@ export function simulate (options: SimOptions): SimResult {
   if (!Number.isInteger(owners) || owners < 1 || owners > cluster.length) throw new SimUsageError(`owners must be 1..${cluster.length} (the nodes), not ${owners}`)
   if (owners > 1 && options.policy !== 'meshbuild') throw new SimUsageError(`several owners are simulated for meshbuild only; ${options.policy} has one submitter`)
   if ((options.shares ?? []).some(s => !(s > 0))) throw new SimUsageError(`shares must be positive numbers, not ${(options.shares ?? []).join(',')}`)
-  const { workload, ranges } = concatWorkloads(options.ownerWorkloads ?? new Array<Workload>(owners).fill(options.workload))
+  const shared = options.shared === true
+  if (shared && (owners < 2 || options.ownerWorkloads !== undefined)) throw new SimUsageError('shared derivations need two owners or more, all submitting the workload (no ownerWorkloads)')
+  // Shared: the workload once, and every owner's range all of it.
+  const { workload, ranges } = shared
+    ? { workload: options.workload, ranges: new Array<[number, number]>(owners).fill([0, options.workload.jobs.length]) }
+    : concatWorkloads(options.ownerWorkloads ?? new Array<Workload>(owners).fill(options.workload))
   const lb = lowerBound(workload.jobs, cluster)
   const check = options.check === true && options.policy === 'meshbuild'
-  const world = new World(workload.jobs, cluster, seed, () => check ? 2 : 1, options.calibration ?? 'daemon')
+  const world = new World(workload.jobs, cluster, seed, () => check ? 2 : 1, options.calibration ?? 'daemon', shared ? owners : 1)
   world.tracker.recordTimeline = options.timeline === true
   const policy = makePolicy({ ...options, workload }, world, check, ranges)
   const failRate = options.failRate ?? 0
@@ -120,12 +146,15 @@ export function simulate (options: SimOptions): SimResult {
   world.scheduleFailures(failures)
   policy.start(SUBMIT_AT_MS)
   world.run(() => policy.finished(), SUBMIT_AT_MS + LIMIT_LB_FACTOR * lb.lowerBoundMs * (check ? 2 : 1) + LIMIT_SLACK_MS)
-  const ends = policy.ends()
-  checkEnds(workload.jobs, ends, world.failuresHappened, job => policy.ownerHas(job))
+  // Shared: each owner must end with every job, its outputs in that owner's store.
+  const endsByOwner = shared && policy instanceof MeshbuildPolicy
+    ? Array.from({ length: owners }, (_, o) => ({ ends: policy.endsOfOwner(o), has: (job: number) => policy.ownerHas(job, o) }))
+    : [{ ends: policy.ends(), has: (job: number) => policy.ownerHas(job) }]
+  for (const e of endsByOwner) checkEnds(workload.jobs, e.ends, world.failuresHappened, e.has)
   const makespanMs = policy.finishedAt() - SUBMIT_AT_MS
   const n = workload.jobs.length
   const c = world.counters
-  const perOwner = owners > 1 && policy instanceof MeshbuildPolicy ? ownerResults(policy, options.shares ?? []) : undefined
+  const perOwner = owners > 1 && policy instanceof MeshbuildPolicy ? ownerResults(policy, options.shares ?? [], shared) : undefined
   return {
     workload: workload.name,
     policy: options.policy,
@@ -140,25 +169,30 @@ export function simulate (options: SimOptions): SimResult {
     ratio: makespanMs / lb.lowerBoundMs,
     messagesPerJob: c.messages / n,
     stealsPerJob: c.steals / n,
+    buildsPerJob: world.tracker.completed / n,
     bytesMoved: c.bytesMoved,
     idleSlotSeconds: world.idle.idleSlotSeconds(policy.finishedAt()),
     submitterUplinkSeconds: world.uplinkBusyMs(0) / 1000,
     wallMs: performance.now() - started,
     deaths: world.alive.reduce((s, a) => s + (a === 1 ? 0 : 1), 0),
-    allBuilt: ends.every(e => e === 'built'),
+    allBuilt: endsByOwner.every(e => e.ends.every(x => x === 'built')),
     traceHash: world.trace.hex(),
     counters: c,
     ...(options.timeline === true ? { timeline: world.tracker.timeline.map(t => ({ ...t, start: t.start - SUBMIT_AT_MS, end: t.end < 0 ? -1 : t.end - SUBMIT_AT_MS })) } : {}),
-    ...(perOwner !== undefined ? { owners: perOwner, fairness: jainIndex(perOwner.map(o => o.slotShare / o.share)) } : {})
+    // Owners sharing derivations build them for each other: their slot shares say nothing of fairness.
+    ...(perOwner !== undefined ? { owners: perOwner, ...(shared ? {} : { fairness: jainIndex(perOwner.map(o => o.slotShare / o.share)) }) } : {}),
+    ...(shared && policy instanceof MeshbuildPolicy ? { shared: { claims: options.claims !== false, ...policy.sharing() } } : {})
   }
 }
 
 /** Each owner's makespan, and its part of the building slot-time while every owner had a job ready. */
-function ownerResults (policy: MeshbuildPolicy, shares: readonly number[]): OwnerResult[] {
+function ownerResults (policy: MeshbuildPolicy, shares: readonly number[], shared: boolean): OwnerResult[] {
   const { slotShares } = policy.contention()
+  const ends = policy.ends()
   return policy.ownersFinishedAt().map((at, o) => ({
     share: shares[o] ?? DEFAULT_SHARE,
     makespan: (at - SUBMIT_AT_MS) / 1000,
+    allBuilt: (shared ? policy.endsOfOwner(o) : ends.filter((_, j) => policy.ownerOf(j) === o)).every(e => e === 'built'),
     slotShare: slotShares[o] ?? 0
   }))
 }
@@ -177,7 +211,8 @@ function makePolicy (options: SimOptions, world: World, check: boolean, ownerRan
       check,
       seed: options.seed,
       ownerRanges,
-      ...(options.shares !== undefined ? { shares: options.shares } : {})
+      ...(options.shares !== undefined ? { shares: options.shares } : {}),
+      ...(options.shared === true ? { shared: true, claims: options.claims !== false } : {})
     })
     case 'static-hook': return new StaticHookPolicy(world, options.workload)
     case 'central-pull': return new CentralPullPolicy(world, options.workload)

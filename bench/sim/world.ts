@@ -86,13 +86,14 @@ export class World {
   private readonly jitter: () => number
   private readonly onDeath: Array<(node: number) => void> = []
 
-  constructor (jobs: readonly SimJob[], nodes: readonly SimNodeSpec[], seed: number, allowedAtOnce: (job: number) => number, calibration: CalibrationName | Calibration = 'daemon') {
+  /** `owners`: owners each holding a job of the same derivations (their builds are tracked apart). */
+  constructor (jobs: readonly SimJob[], nodes: readonly SimNodeSpec[], seed: number, allowedAtOnce: (job: number) => number, calibration: CalibrationName | Calibration = 'daemon', owners = 1) {
     this.cal = typeof calibration === 'string' ? CALIBRATIONS[calibration] : calibration
     this.jobs = jobs
     this.nodes = nodes
     this.alive = new Uint8Array(nodes.length).fill(1)
     this.stores = nodes.map(() => new Set<number>())
-    this.tracker = new BuildTracker(jobs, allowedAtOnce)
+    this.tracker = new BuildTracker(jobs, allowedAtOnce, owners)
     this.idle = new IdleIntegrator(jobs, nodes)
     this.random = seededRandom((seed ^ 0x68e31da4) >>> 0)
     this.jitter = seededRandom((seed ^ 0x1b873593) >>> 0)
