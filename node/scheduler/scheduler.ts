@@ -10,7 +10,7 @@
 import { canBuild, requirementsKey, type MachineCapabilities } from './matching.ts'
 import { criticalPaths } from './critical-path.ts'
 import { shareUse } from './fair-share.ts'
-import { claimant, ownClaims, type Claims, type ClaimSets } from './claims.ts'
+import { claimant, claimKey, ownClaims, type Claims, type ClaimSets } from './claims.ts'
 import { seededRandom } from './random.ts'
 import {
   PERMANENT_FAILURES, TERMINAL_STATES,
@@ -160,6 +160,13 @@ export class Scheduler {
   private readonly claimHold = new Map<string, number>()
   /** Jobs whose outputs are being fetched from the owner they were deferred to. */
   private readonly claimFetches = new Set<string>()
+  /**
+   * Unfinished jobs (waiting ones too) a peer claimed as one this node would defer to: when such
+   * a job is ready and nobody claims it any more, that peer built it, so it is fetched, not built.
+   */
+  private readonly claimedBy = new Map<string, string>()
+  /** This node's jobs by claim key, to find what a peer's claims name. */
+  private readonly byClaimKey = new Map<string, string>()
   private pendingSteal: { from: string, want: number } | undefined
   private diskLow = false
   private out: Decision[] = []
@@ -319,6 +326,7 @@ export class Scheduler {
         submissions: [...new Set([...(existing?.submissions ?? []), spec.id])]
       }
       this.jobs.set(job.drvPath, job)
+      this.byClaimKey.set(claimKey(job.drvPath), job.drvPath)
     }
     this.submissions.set(spec.id, {
       id: spec.id, requested: spec.requested, drvPaths: [...new Set(drvPaths)], priority: spec.priority, submittedAt: spec.submittedAt
@@ -357,6 +365,7 @@ export class Scheduler {
         this.out.push(this.importDecision(job, job.worker))
       }
       this.jobs.set(job.drvPath, job)
+      if (!TERMINAL_STATES.has(job.state)) this.byClaimKey.set(claimKey(job.drvPath), job.drvPath)
     }
     for (const s of submissions) this.submissions.set(s.id, s)
     for (const j of this.jobs.values()) if (j.state === 'waiting') this.updateReadiness(j)
@@ -497,7 +506,9 @@ export class Scheduler {
     this.offering.delete(peerId)
     this.emptyInARow.delete(peerId)
     this.reportedTo.delete(peerId)
-    this.peerClaims(peerId, undefined)
+    // Gone: it will not serve what it claimed; those jobs are built here.
+    this.claimsByPeer.delete(peerId)
+    for (const [drvPath, peer] of this.claimedBy) if (peer === peerId) this.claimedBy.delete(drvPath)
     if (this.pendingSteal?.from === peerId) this.pendingSteal = undefined
     // Jobs leased to it come back when their leases lapse (see onTick): a peer that merely
     // dropped out of gossip may still be building.
@@ -881,13 +892,24 @@ export class Scheduler {
   private startable (job: Job): boolean {
     const hold = this.claimHold.get(job.drvPath)
     if (hold !== undefined && this.now < hold) return false
-    if (job.state !== 'ready' || (this.claimsByPeer.size === 0 && this.deferredTo.size === 0)) return true
-    return !this.deferredTo.has(job.drvPath) && claimant(job, this.claimsByPeer, this.config.selfId) === undefined
+    if (job.state !== 'ready' || (this.claimsByPeer.size === 0 && this.deferredTo.size === 0 && this.claimedBy.size === 0)) return true
+    return !this.deferredTo.has(job.drvPath) && !this.claimedBy.has(job.drvPath) && claimant(job, this.claimsByPeer, this.config.selfId) === undefined
   }
 
   private peerClaims (peerId: string, claims: Claims | undefined): void {
-    if (claims === undefined || (claims.open.length === 0 && claims.started.length === 0)) this.claimsByPeer.delete(peerId)
-    else this.claimsByPeer.set(peerId, { open: new Set(claims.open), started: new Set(claims.started) })
+    // No claims now (its last offer had none): what it claimed before is remembered in claimedBy.
+    if (claims === undefined || (claims.open.length === 0 && claims.started.length === 0)) {
+      this.claimsByPeer.delete(peerId)
+      return
+    }
+    this.claimsByPeer.set(peerId, { open: new Set(claims.open), started: new Set(claims.started) })
+    for (const key of [...claims.open, ...claims.started]) {
+      const drvPath = this.byClaimKey.get(key)
+      const job = drvPath === undefined ? undefined : this.jobs.get(drvPath)
+      if (job === undefined || (job.state !== 'waiting' && job.state !== 'ready')) continue
+      const to = claimant(job, this.claimsByPeer, this.config.selfId)
+      if (to !== undefined) this.claimedBy.set(job.drvPath, to)
+    }
   }
 
   /**
@@ -897,16 +919,17 @@ export class Scheduler {
    */
   private reviewClaims (): void {
     for (const [drvPath, until] of this.claimHold) if (this.now >= until || this.jobs.get(drvPath)?.state !== 'ready') this.claimHold.delete(drvPath)
-    if (this.claimsByPeer.size === 0 && this.deferredTo.size === 0) return
+    if (this.claimsByPeer.size === 0 && this.deferredTo.size === 0 && this.claimedBy.size === 0) return
     for (const drvPath of this.readySince.keys()) {
       const job = this.jobs.get(drvPath)
       if (job?.state !== 'ready') continue
       const to = claimant(job, this.claimsByPeer, this.config.selfId)
-      const was = this.deferredTo.get(drvPath)
+      const was = this.deferredTo.get(drvPath) ?? this.claimedBy.get(drvPath)
       if (to !== undefined) {
         this.deferredTo.set(drvPath, to)
       } else if (was !== undefined) {
         this.deferredTo.delete(drvPath)
+        this.claimedBy.delete(drvPath)
         job.state = 'importing'
         job.worker = was
         job.grantedTo = [...new Set([...(job.grantedTo ?? []), was])]
@@ -916,6 +939,10 @@ export class Scheduler {
       }
     }
     for (const drvPath of this.deferredTo.keys()) if (this.jobs.get(drvPath)?.state !== 'ready') this.deferredTo.delete(drvPath)
+    for (const drvPath of this.claimedBy.keys()) {
+      const state = this.jobs.get(drvPath)?.state
+      if (state !== 'waiting' && state !== 'ready') this.claimedBy.delete(drvPath)
+    }
   }
 
   private changed (job: Job): void {

@@ -74,3 +74,27 @@ describe('claims between owners', () => {
     assert.deepEqual(builds(alone.handle({ type: 'submit', submission: submission([spec('x')]) }, 10)), [drv('x')], 'a node alone waited for claims')
   })
 })
+
+describe('claims remembered for jobs not ready yet', () => {
+  it('a waiting job an earlier owner claimed and has built since is fetched from it when it becomes ready, not built again', () => {
+    const s = new Scheduler(config('owner-b'))
+    s.handle({ type: 'submit', submission: submission([spec('dep'), spec('x', ['dep'])]) }, 0)
+    // owner-a claims x while ours waits on dep (leased to a thief here, say).
+    s.handle({ type: 'peer-seen', peer: owner('owner-a', claiming(['x'])) }, 10)
+    // owner-a built x: its offer has no claims left.
+    s.handle({ type: 'peer-seen', peer: owner('owner-a') }, 20)
+    // dep finishes here; x becomes ready and must come from owner-a.
+    const ds = s.handle({ type: 'build-finished', owner: 'owner-b', drvPath: drv('dep'), outcome: { ok: true, outputs: { out: '/nix/store/dep' } } }, 30)
+    assert.deepEqual(builds(ds), [], 'x was built again although owner-a had built it')
+    assert.deepEqual(imports(ds), [{ from: 'owner-a', drvPath: drv('x') }])
+  })
+
+  it('forgets the claims of an owner that went silent: the job is built here', () => {
+    const s = new Scheduler(config('owner-b'))
+    s.handle({ type: 'submit', submission: submission([spec('dep'), spec('x', ['dep'])]) }, 0)
+    s.handle({ type: 'peer-seen', peer: owner('owner-a', claiming(['x'])) }, 10)
+    s.handle({ type: 'peer-lost', peerId: 'owner-a' }, 20)
+    const ds = s.handle({ type: 'build-finished', owner: 'owner-b', drvPath: drv('dep'), outcome: { ok: true, outputs: { out: '/nix/store/dep' } } }, 30)
+    assert.deepEqual(builds(ds), [drv('x')])
+  })
+})
