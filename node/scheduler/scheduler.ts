@@ -167,6 +167,16 @@ export class Scheduler {
   private readonly claimedBy = new Map<string, string>()
   /** This node's jobs by claim key, to find what a peer's claims name. */
   private readonly byClaimKey = new Map<string, string>()
+  /** Jobs by the input jobs they wait on (inputJobs reversed), so a success reaches its dependents at once. */
+  private readonly dependents = new Map<string, Set<string>>()
+  /** Each job's place in the order jobs were first known: ties among ready jobs go by it. */
+  private readonly order = new Map<string, number>()
+  /** Per unfinished submission: drvPaths before this index are known to be finished. */
+  private readonly finishedUpTo = new Map<string, number>()
+  /** The leased jobs (kept by changed(), like readySince): the tick's lease checks and ownerSlots. */
+  private readonly leased = new Set<string>()
+  /** Each peer's capabilities as a string, to group free slots by them without re-encoding. */
+  private readonly capabilitiesKey = new WeakMap<MachineCapabilities, string>()
   private pendingSteal: { from: string, want: number } | undefined
   private diskLow = false
   private out: Decision[] = []
@@ -235,16 +245,12 @@ export class Scheduler {
 
   /** Slots building this node's own jobs, here and on peers (the leases it holds): for its beacon. */
   ownerSlots (): number {
-    let n = 0
-    for (const j of this.jobs.values()) if (j.state === 'leased') n++
-    return n
+    return this.leased.size
   }
 
   /** Ready jobs this node holds. */
   queuedCount (): number {
-    let n = 0
-    for (const j of this.jobs.values()) if (j.state === 'ready') n++
-    return n
+    return this.readySince.size
   }
 
   /** This node's jobs by state (for the metrics' queue gauge). */
@@ -269,14 +275,15 @@ export class Scheduler {
   /** Ready jobs it will not start now, grouped for the offer gossip; empty when there are none. */
   offer (): OfferEntry[] {
     const groups = new Map<string, OfferEntry>()
-    for (const j of this.jobs.values()) {
-      if (j.state !== 'ready' || !this.startable(j)) continue
+    for (const j of this.readyJobs()) {
+      if (!this.startable(j)) continue
       const key = requirementsKey(j)
       const g = groups.get(key)
       if (g === undefined) groups.set(key, { system: j.system, requiredFeatures: [...j.requiredFeatures].sort(), count: 1 })
       else g.count++
     }
-    return [...groups.values()]
+    // In a stable order, whatever order the jobs became ready in.
+    return [...groups].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([, g]) => g)
   }
 
   // --- owner side ------------------------------------------------------------------------
@@ -292,7 +299,7 @@ export class Scheduler {
         ...s, state: 'substituted', priority: spec.priority, criticalPath: 0, attempts: 0,
         submissions: [...new Set([...(existing?.submissions ?? []), spec.id])]
       }
-      this.jobs.set(job.drvPath, job)
+      this.addJob(job)
     }
     for (const s of spec.jobs) {
       drvPaths.push(s.drvPath)
@@ -325,7 +332,7 @@ export class Scheduler {
         attempts: 0,
         submissions: [...new Set([...(existing?.submissions ?? []), spec.id])]
       }
-      this.jobs.set(job.drvPath, job)
+      this.addJob(job)
       this.byClaimKey.set(claimKey(job.drvPath), job.drvPath)
     }
     this.submissions.set(spec.id, {
@@ -364,20 +371,24 @@ export class Scheduler {
         // Built elsewhere; fetch the outputs again rather than build again.
         this.out.push(this.importDecision(job, job.worker))
       }
-      this.jobs.set(job.drvPath, job)
+      this.addJob(job)
       if (!TERMINAL_STATES.has(job.state)) this.byClaimKey.set(claimKey(job.drvPath), job.drvPath)
     }
     for (const s of submissions) this.submissions.set(s.id, s)
+    for (const j of this.jobs.values()) {
+      if (j.state === 'ready' && !this.readySince.has(j.drvPath)) this.readySince.set(j.drvPath, this.now)
+      if (j.state === 'leased') this.leased.add(j.drvPath)
+    }
     for (const j of this.jobs.values()) if (j.state === 'waiting') this.updateReadiness(j)
     for (const s of submissions) this.checkSubmission(s.id)
   }
 
   private onStealRequest (requestId: string, from: string, capabilities: MachineCapabilities, want: number): void {
-    const ready = [...this.jobs.values()].filter(j => j.state === 'ready' && canBuild(capabilities, j) && this.mayBuild(j, from))
+    const ready = this.readyJobs().filter(j => canBuild(capabilities, j) && this.mayBuild(j, from))
     // Priority first; then the longest remaining path (the critical path decides the makespan);
     // then jobs whose inputs the thief built (it holds them already). Each key computed once.
     const keyed = ready.map(job => ({ job, affinity: job.inputJobs.filter(i => this.jobs.get(i)?.builtBy === from).length }))
-    keyed.sort((a, b) => a.job.priority - b.job.priority || b.job.criticalPath - a.job.criticalPath || b.affinity - a.affinity)
+    keyed.sort((a, b) => a.job.priority - b.job.priority || b.job.criticalPath - a.job.criticalPath || b.affinity - a.affinity || this.orderOf(a.job) - this.orderOf(b.job))
     const candidates = keyed.map(k => k.job)
     const thiefSpeed = this.peers.get(from)?.speedFactor
     const granted = this.pick(candidates, Math.max(0, Math.min(want, 64)), thiefSpeed, from)
@@ -592,8 +603,9 @@ export class Scheduler {
   // --- both --------------------------------------------------------------------------------
 
   private onTick (): void {
-    for (const job of this.jobs.values()) {
-      if (job.state === 'leased' && job.worker !== this.config.selfId && (job.leaseExpires ?? Infinity) <= this.now) {
+    for (const drvPath of this.leased) {
+      const job = this.jobs.get(drvPath)
+      if (job?.state === 'leased' && job.worker !== this.config.selfId && (job.leaseExpires ?? Infinity) <= this.now) {
         this.fail(job, { kind: 'transient', message: `lease held by ${job.worker ?? '?'} lapsed` })
       }
     }
@@ -623,9 +635,9 @@ export class Scheduler {
     if (this.diskLow) return
     let free = this.config.maxJobs - this.running.size
     if (free <= 0) return
-    const ready = [...this.jobs.values()]
-      .filter(j => j.state === 'ready' && canBuild(this.config.capabilities, j) && this.mayBuild(j, this.config.selfId))
-      .sort((a, b) => a.priority - b.priority || b.criticalPath - a.criticalPath)
+    const ready = this.readyJobs()
+      .filter(j => canBuild(this.config.capabilities, j) && this.mayBuild(j, this.config.selfId))
+      .sort((a, b) => a.priority - b.priority || b.criticalPath - a.criticalPath || this.orderOf(a) - this.orderOf(b))
     const mine = this.pick(ready, free, this.config.speedFactor, this.config.selfId)
     for (const job of mine) {
       job.state = 'leased'
@@ -674,7 +686,11 @@ export class Scheduler {
     const groups = new Map<string, { capabilities: MachineCapabilities, free: number }>()
     const add = (capabilities: MachineCapabilities, free: number): void => {
       if (free <= 0) return
-      const key = JSON.stringify(capabilities)
+      let key = this.capabilitiesKey.get(capabilities)
+      if (key === undefined) {
+        key = JSON.stringify(capabilities)
+        this.capabilitiesKey.set(capabilities, key)
+      }
       const g = groups.get(key)
       if (g === undefined) groups.set(key, { capabilities, free })
       else g.free += free
@@ -841,9 +857,35 @@ export class Scheduler {
   }
 
   private dependentsOf (drvPath: string): Job[] {
-    // Linear scan: submissions are thousands of jobs at most, and this keeps no second index to
-    // get out of step with the first.
-    return [...this.jobs.values()].filter(j => j.inputJobs.includes(drvPath))
+    const out: Job[] = []
+    for (const d of this.dependents.get(drvPath) ?? []) {
+      const job = this.jobs.get(d)
+      if (job?.inputJobs.includes(drvPath) === true) out.push(job)
+    }
+    return out.sort((a, b) => this.orderOf(a) - this.orderOf(b))
+  }
+
+  /** Records a job (new, restored, or replacing a finished one) and its place in the indexes. */
+  private addJob (job: Job): void {
+    this.jobs.set(job.drvPath, job)
+    if (!this.order.has(job.drvPath)) this.order.set(job.drvPath, this.order.size)
+    for (const input of job.inputJobs) {
+      const set = this.dependents.get(input)
+      if (set === undefined) this.dependents.set(input, new Set([job.drvPath]))
+      else set.add(job.drvPath)
+    }
+  }
+
+  private orderOf (job: Job): number { return this.order.get(job.drvPath) ?? 0 }
+
+  /** The ready jobs (readySince holds exactly them), in the order jobs were first known. */
+  private readyJobs (): Job[] {
+    const out: Job[] = []
+    for (const drvPath of this.readySince.keys()) {
+      const job = this.jobs.get(drvPath)
+      if (job?.state === 'ready') out.push(job)
+    }
+    return out.sort((a, b) => this.orderOf(a) - this.orderOf(b))
   }
 
   private checkSubmissionsOf (job: Job): void {
@@ -854,13 +896,25 @@ export class Scheduler {
     if (this.finished.has(id)) return
     const s = this.submissions.get(id)
     if (s === undefined) return
+    // Jobs finish roughly in the order listed: resume from the first one not known finished, so
+    // a submission of n jobs costs O(n) over its life, not O(n) per change. Once all seem
+    // finished, one whole pass confirms (a job before the mark may have been tried again).
+    let i = this.finishedUpTo.get(id) ?? 0
+    while (i < s.drvPaths.length) {
+      const j = this.jobs.get(s.drvPaths[i] ?? '')
+      if (j !== undefined && !TERMINAL_STATES.has(j.state)) break
+      i++
+    }
+    this.finishedUpTo.set(id, i)
+    if (i < s.drvPaths.length) return
     let ok = true
-    for (const p of s.drvPaths) {
+    for (const [k, p] of s.drvPaths.entries()) {
       const j = this.jobs.get(p)
       if (j === undefined) continue
-      if (!TERMINAL_STATES.has(j.state)) return
+      if (!TERMINAL_STATES.has(j.state)) { this.finishedUpTo.set(id, k); return }
       if (!SUCCESS.has(j.state)) ok = false
     }
+    this.finishedUpTo.delete(id)
     this.finished.add(id)
     this.out.push({ type: 'submission-finished', id, ok })
   }
@@ -948,6 +1002,8 @@ export class Scheduler {
   private changed (job: Job): void {
     if (job.state !== 'ready') this.readySince.delete(job.drvPath)
     else if (!this.readySince.has(job.drvPath)) this.readySince.set(job.drvPath, this.now)
+    if (job.state === 'leased') this.leased.add(job.drvPath)
+    else this.leased.delete(job.drvPath)
     this.out.push({ type: 'job-changed', job: { ...job } })
   }
 }

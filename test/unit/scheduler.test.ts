@@ -232,6 +232,17 @@ describe('scheduler across restarts and shutdowns', () => {
     assert.deepEqual(d.filter(x => x.type === 'import' || x.type === 'build').map(x => x.type), ['import'])
   })
 
+  it('takes back, after a restart, a job a peer held when the node stopped, once that lease lapses', () => {
+    const first = new Scheduler(config({ maxJobs: 0 }))
+    first.handle({ type: 'submit', submission: submission([spec('a')]) }, 0)
+    first.handle({ type: 'steal-request', requestId: 'r', from: 'T', capabilities: X86, want: 1 }, 0)
+    const second = new Scheduler(config({ maxJobs: 1 }))
+    second.handle({ type: 'restore', submissions: [first.submission('s1')!], jobs: first.submissionJobs('s1') }, 5)
+    assert.equal(second.ownerSlots(), 1, 'the restored lease is not counted')
+    assert.deepEqual(builds(second.handle({ type: 'tick' }, 5 + SCHEDULER_DEFAULTS.leaseMs - 1)), [])
+    assert.deepEqual(builds(second.handle({ type: 'tick' }, 5 + SCHEDULER_DEFAULTS.leaseMs)), ['/nix/store/a.drv'])
+  })
+
   it('puts released jobs straight back in the deque without counting an attempt', () => {
     const s = new Scheduler(config({ maxJobs: 0 }))
     s.handle({ type: 'submit', submission: submission([spec('a')]) }, 0)
