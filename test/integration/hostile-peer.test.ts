@@ -28,6 +28,7 @@ import { StreamEndedError, type StreamChannel } from '../../protocols/mesh/strea
 import { shDrv, instantiate, tempDir } from '../helpers/nix.ts'
 import { waitFor, within } from '../helpers/wait.ts'
 import { LOCAL_SYSTEM, startLoopbackNode, startRogue } from '../helpers/loopback-mesh.ts'
+import { CLAIM_HOLD_MS } from '../../node/scheduler/scheduler.ts'
 
 const SYSTEM = LOCAL_SYSTEM
 const anything = (v: unknown): unknown => v
@@ -303,6 +304,9 @@ describe('a mesh node facing a hostile peer', { timeout: 180_000 }, () => {
       const [drvA, drvB] = await instantiate(expr, dir, ['a', 'b'])
       assert.ok(drvA !== undefined && drvB !== undefined)
       const id = await node.submit([drvA, drvB], { priority: 0 })
+      // Jobs ready at a submission wait CLAIM_HOLD_MS where a peer with an earlier id (the rogue's,
+      // half the time) could claim them; only then are they granted.
+      await new Promise(resolve => setTimeout(resolve, CLAIM_HOLD_MS + 100))
       // maxJobs 1: the node builds one, the other waits ready to be stolen.
       const grant = await within(call(rogue, node.peerId, STEAL, { want: 1, systems: [SYSTEM], features: [], mandatoryFeatures: [] }), 10_000, 'a steal grant')
       assert.equal(grant.items.length, 1, 'the rogue got a job')

@@ -13,7 +13,7 @@ import { MeshNetwork } from '../../node/mesh/network.ts'
 import { call, serve } from '../../node/mesh/rpc.ts'
 import { createLogger } from '../../node/log.ts'
 import { exec, execText } from '../../node/nix/exec.ts'
-import type { Scheduler } from '../../node/scheduler/scheduler.ts'
+import { CLAIM_HOLD_MS, type Scheduler } from '../../node/scheduler/scheduler.ts'
 import { Hash } from '../../protocols/nix/hash.ts'
 import { formatPublicKey, generateKeyPair, type SecretKey } from '../../protocols/nix/signing-key.ts'
 import { signDetached } from '../../protocols/nix/signature.ts'
@@ -135,6 +135,9 @@ describe('trust is explicit: what a member serves enters the store only under it
     const expr = `{ a = ${shDrv(`trust-a-${tag}`, `echo honest a ${tag} > $out; /bin/sleep 2`)}; b = ${shDrv(`trust-b-${tag}`, `echo honest b ${tag} > $out; /bin/sleep 2`)}; }`
     const drvs = await instantiate(expr, dir, ['a', 'b'])
     const id = await node.submit(drvs, { priority: 0 })
+    // Jobs ready at a submission wait CLAIM_HOLD_MS where a peer with an earlier id (the rogue's,
+    // half the time) could claim them; only then are they granted.
+    await new Promise(resolve => setTimeout(resolve, CLAIM_HOLD_MS + 100))
     const grant = await within(call(rogue, node.peerId, STEAL, { want: 1, systems: [SYSTEM], features: [], mandatoryFeatures: [] }), 10_000, 'a steal grant')
     const item = grant.items[0] ?? assert.fail('the rogue got no job')
     const out = item.outputs.out ?? assert.fail('no output named out')
