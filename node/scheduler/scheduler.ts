@@ -386,9 +386,14 @@ export class Scheduler {
   private onStealRequest (requestId: string, from: string, capabilities: MachineCapabilities, want: number): void {
     const ready = this.readyJobs().filter(j => canBuild(capabilities, j) && this.mayBuild(j, from))
     // Priority first; then the longest remaining path (the critical path decides the makespan);
-    // then jobs whose inputs the thief built (it holds them already). Each key computed once.
-    const keyed = ready.map(job => ({ job, affinity: job.inputJobs.filter(i => this.jobs.get(i)?.builtBy === from).length }))
-    keyed.sort((a, b) => a.job.priority - b.job.priority || b.job.criticalPath - a.job.criticalPath || b.affinity - a.affinity || this.orderOf(a.job) - this.orderOf(b.job))
+    // then jobs whose inputs the thief built (it holds them already), counted only for ties and
+    // once per job; then the order jobs were first known.
+    const keyed = ready.map(job => ({ job, order: this.orderOf(job), affinity: -1 }))
+    const affinity = (k: { job: Job, affinity: number }): number => {
+      if (k.affinity < 0) k.affinity = k.job.inputJobs.filter(i => this.jobs.get(i)?.builtBy === from).length
+      return k.affinity
+    }
+    keyed.sort((a, b) => a.job.priority - b.job.priority || b.job.criticalPath - a.job.criticalPath || affinity(b) - affinity(a) || a.order - b.order)
     const candidates = keyed.map(k => k.job)
     const thiefSpeed = this.peers.get(from)?.speedFactor
     const granted = this.pick(candidates, Math.max(0, Math.min(want, 64)), thiefSpeed, from)
@@ -878,14 +883,14 @@ export class Scheduler {
 
   private orderOf (job: Job): number { return this.order.get(job.drvPath) ?? 0 }
 
-  /** The ready jobs (readySince holds exactly them), in the order jobs were first known. */
+  /** The ready jobs (readySince holds exactly them), unordered: every caller sorts, ties by orderOf. */
   private readyJobs (): Job[] {
     const out: Job[] = []
     for (const drvPath of this.readySince.keys()) {
       const job = this.jobs.get(drvPath)
       if (job?.state === 'ready') out.push(job)
     }
-    return out.sort((a, b) => this.orderOf(a) - this.orderOf(b))
+    return out
   }
 
   private checkSubmissionsOf (job: Job): void {
