@@ -173,6 +173,12 @@ export class Scheduler {
   private readonly order = new Map<string, number>()
   /** Per unfinished submission: drvPaths before this index are known to be finished. */
   private readonly finishedUpTo = new Map<string, number>()
+  /**
+   * The ready jobs most urgent first (priority, then longest remaining path, then first known),
+   * kept by changed() like readySince: schedule and steal requests walk it instead of sorting.
+   */
+  private readonly readyOrder: Job[] = []
+  private readonly inReadyOrder = new Set<string>()
   /** The leased jobs (kept by changed(), like readySince): the tick's lease checks and ownerSlots. */
   private readonly leased = new Set<string>()
   /** Each peer's capabilities as a string, to group free slots by them without re-encoding. */
@@ -376,7 +382,7 @@ export class Scheduler {
     }
     for (const s of submissions) this.submissions.set(s.id, s)
     for (const j of this.jobs.values()) {
-      if (j.state === 'ready' && !this.readySince.has(j.drvPath)) this.readySince.set(j.drvPath, this.now)
+      if (j.state === 'ready' && !this.readySince.has(j.drvPath)) { this.readySince.set(j.drvPath, this.now); this.reorder(j) }
       if (j.state === 'leased') this.leased.add(j.drvPath)
     }
     for (const j of this.jobs.values()) if (j.state === 'waiting') this.updateReadiness(j)
@@ -384,17 +390,10 @@ export class Scheduler {
   }
 
   private onStealRequest (requestId: string, from: string, capabilities: MachineCapabilities, want: number): void {
-    const ready = this.readyJobs().filter(j => canBuild(capabilities, j) && this.mayBuild(j, from))
     // Priority first; then the longest remaining path (the critical path decides the makespan);
-    // then jobs whose inputs the thief built (it holds them already), counted only for ties and
-    // once per job; then the order jobs were first known.
-    const keyed = ready.map(job => ({ job, order: this.orderOf(job), affinity: -1 }))
-    const affinity = (k: { job: Job, affinity: number }): number => {
-      if (k.affinity < 0) k.affinity = k.job.inputJobs.filter(i => this.jobs.get(i)?.builtBy === from).length
-      return k.affinity
-    }
-    keyed.sort((a, b) => a.job.priority - b.job.priority || b.job.criticalPath - a.job.criticalPath || affinity(b) - affinity(a) || a.order - b.order)
-    const candidates = keyed.map(k => k.job)
+    // then jobs whose inputs the thief built (it holds them already), counted only within a run
+    // of equal priority and path; then the order jobs were first known.
+    const candidates = this.stealOrder(capabilities, from)
     const thiefSpeed = this.peers.get(from)?.speedFactor
     const granted = this.pick(candidates, Math.max(0, Math.min(want, 64)), thiefSpeed, from)
     for (const job of granted) {
@@ -640,10 +639,7 @@ export class Scheduler {
     if (this.diskLow) return
     let free = this.config.maxJobs - this.running.size
     if (free <= 0) return
-    const ready = this.readyJobs()
-      .filter(j => canBuild(this.config.capabilities, j) && this.mayBuild(j, this.config.selfId))
-      .sort((a, b) => a.priority - b.priority || b.criticalPath - a.criticalPath || this.orderOf(a) - this.orderOf(b))
-    const mine = this.pick(ready, free, this.config.speedFactor, this.config.selfId)
+    const mine = this.pick(this.buildableHere(), free, this.config.speedFactor, this.config.selfId)
     for (const job of mine) {
       job.state = 'leased'
       job.worker = this.config.selfId
@@ -667,7 +663,7 @@ export class Scheduler {
    * is passed over while peers faster than that builder announce free slots that could build it
    * (one job kept per such slot). Older jobs go to anyone: views of free slots are stale.
    */
-  private pick (ordered: Job[], limit: number, speed: number | undefined, builder: string): Job[] {
+  private pick (ordered: Iterable<Job>, limit: number, speed: number | undefined, builder: string): Job[] {
     const out: Job[] = []
     if (limit <= 0) return out
     // Computed at the first young job only: a scan of every peer.
@@ -883,6 +879,59 @@ export class Scheduler {
 
   private orderOf (job: Job): number { return this.order.get(job.drvPath) ?? 0 }
 
+  /** Ready jobs this node may build itself, most urgent first (a lazy walk of readyOrder). */
+  private * buildableHere (): Generator<Job> {
+    for (const j of this.readyOrder) if (canBuild(this.config.capabilities, j) && this.mayBuild(j, this.config.selfId)) yield j
+  }
+
+  /**
+   * Ready jobs a thief may be granted, in grant order: readyOrder, with each run of equal
+   * priority and path put in order of the inputs the thief built (most first), stably.
+   */
+  private * stealOrder (capabilities: MachineCapabilities, from: string): Generator<Job> {
+    const order = this.readyOrder
+    let i = 0
+    while (i < order.length) {
+      const head = order[i] as Job
+      let end = i + 1
+      while (end < order.length && (order[end] as Job).priority === head.priority && (order[end] as Job).criticalPath === head.criticalPath) end++
+      const run = order.slice(i, end).filter(j => canBuild(capabilities, j) && this.mayBuild(j, from))
+      i = end
+      if (run.length > 1) {
+        const affinity = new Map(run.map(j => [j, j.inputJobs.filter(x => this.jobs.get(x)?.builtBy === from).length]))
+        run.sort((a, b) => (affinity.get(b) ?? 0) - (affinity.get(a) ?? 0))
+      }
+      yield * run
+    }
+  }
+
+  /** Where `job` goes in readyOrder (binary search by its key). */
+  private readyIndex (job: Job): number {
+    const key = (j: Job): [number, number, number] => [j.priority, -j.criticalPath, this.orderOf(j)]
+    const [p, c, o] = key(job)
+    let lo = 0
+    let hi = this.readyOrder.length
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      const [mp, mc, mo] = key(this.readyOrder[mid] as Job)
+      if (mp < p || (mp === p && (mc < c || (mc === c && mo < o)))) lo = mid + 1
+      else hi = mid
+    }
+    return lo
+  }
+
+  /** Takes `job` out of readyOrder and, if ready, puts it back where its key says (it may have changed). */
+  private reorder (job: Job): void {
+    if (this.inReadyOrder.delete(job.drvPath)) {
+      const at = this.readyOrder.findIndex(j => j.drvPath === job.drvPath)
+      if (at >= 0) this.readyOrder.splice(at, 1)
+    }
+    if (job.state === 'ready') {
+      this.readyOrder.splice(this.readyIndex(job), 0, job)
+      this.inReadyOrder.add(job.drvPath)
+    }
+  }
+
   /** The ready jobs (readySince holds exactly them), unordered: every caller sorts, ties by orderOf. */
   private readyJobs (): Job[] {
     const out: Job[] = []
@@ -1009,6 +1058,7 @@ export class Scheduler {
     else if (!this.readySince.has(job.drvPath)) this.readySince.set(job.drvPath, this.now)
     if (job.state === 'leased') this.leased.add(job.drvPath)
     else this.leased.delete(job.drvPath)
+    if (job.state === 'ready' || this.inReadyOrder.has(job.drvPath)) this.reorder(job)
     this.out.push({ type: 'job-changed', job: { ...job } })
   }
 }
