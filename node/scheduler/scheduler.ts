@@ -55,6 +55,12 @@ export const FASTER_HOLD_MS = 3_000
  * gossip), so that of two owners submitting the same derivations at once only one builds them.
  */
 export const CLAIM_HOLD_MS = 200
+/**
+ * A job deferred to a peer that claims it without starting it is built here after all once it
+ * has waited this long: an owner whose slots stay busy, or a member that claims what it never
+ * builds, delays others' work by this much, not for ever. A started claim is waited for.
+ */
+export const CLAIM_OPEN_WAIT_MS = 60_000
 
 /** Ready work a peer advertises, grouped by what it needs. */
 export interface OfferEntry {
@@ -157,6 +163,8 @@ export class Scheduler {
   private readonly claimsByPeer = new Map<string, ClaimSets>()
   /** Ready jobs deferred to the peer that claims them (claims.ts), and until when a new submission's are held. */
   private readonly deferredTo = new Map<string, string>()
+  /** Since when each deferred job has been deferred to that peer. */
+  private readonly deferredSince = new Map<string, number>()
   private readonly claimHold = new Map<string, number>()
   /** Jobs whose outputs are being fetched from the owner they were deferred to. */
   private readonly claimFetches = new Set<string>()
@@ -1034,9 +1042,21 @@ export class Scheduler {
       const to = claimant(job, this.claimsByPeer, this.config.selfId)
       const was = this.deferredTo.get(drvPath) ?? this.claimedBy.get(drvPath)
       if (to !== undefined) {
+        const since = this.deferredTo.get(drvPath) === to ? (this.deferredSince.get(drvPath) ?? this.now) : this.now
+        if (this.now - since >= CLAIM_OPEN_WAIT_MS && this.claimsByPeer.get(to)?.started.has(claimKey(drvPath)) !== true) {
+          // Claimed for a minute and still not started there: build it here.
+          job.notDeferTo = [...new Set([...(job.notDeferTo ?? []), to])]
+          this.deferredTo.delete(drvPath)
+          this.deferredSince.delete(drvPath)
+          this.claimedBy.delete(drvPath)
+          this.changed(job)
+          continue
+        }
         this.deferredTo.set(drvPath, to)
+        this.deferredSince.set(drvPath, since)
       } else if (was !== undefined) {
         this.deferredTo.delete(drvPath)
+        this.deferredSince.delete(drvPath)
         this.claimedBy.delete(drvPath)
         job.state = 'importing'
         job.worker = was
@@ -1046,7 +1066,9 @@ export class Scheduler {
         this.out.push(this.importDecision(job, was))
       }
     }
-    for (const drvPath of this.deferredTo.keys()) if (this.jobs.get(drvPath)?.state !== 'ready') this.deferredTo.delete(drvPath)
+    for (const drvPath of this.deferredTo.keys()) {
+      if (this.jobs.get(drvPath)?.state !== 'ready') { this.deferredTo.delete(drvPath); this.deferredSince.delete(drvPath) }
+    }
     for (const drvPath of this.claimedBy.keys()) {
       const state = this.jobs.get(drvPath)?.state
       if (state !== 'waiting' && state !== 'ready') this.claimedBy.delete(drvPath)

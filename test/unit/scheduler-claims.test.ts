@@ -4,7 +4,7 @@
 // announcement round (CLAIM_HOLD_MS) where an earlier peer could be submitting them too.
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { CLAIM_HOLD_MS, Scheduler, SCHEDULER_DEFAULTS, type Decision, type PeerView, type SchedulerConfig } from '../../node/scheduler/scheduler.ts'
+import { CLAIM_HOLD_MS, CLAIM_OPEN_WAIT_MS, Scheduler, SCHEDULER_DEFAULTS, type Decision, type PeerView, type SchedulerConfig } from '../../node/scheduler/scheduler.ts'
 import { claimKey, type Claims } from '../../node/scheduler/claims.ts'
 import type { MachineCapabilities } from '../../node/scheduler/matching.ts'
 import type { JobSpec, SubmissionSpec } from '../../node/scheduler/job.ts'
@@ -96,5 +96,22 @@ describe('claims remembered for jobs not ready yet', () => {
     s.handle({ type: 'peer-lost', peerId: 'owner-a' }, 20)
     const ds = s.handle({ type: 'build-finished', owner: 'owner-b', drvPath: drv('dep'), outcome: { ok: true, outputs: { out: '/nix/store/dep' } } }, 30)
     assert.deepEqual(builds(ds), [drv('x')])
+  })
+})
+
+describe('claims that are never built', () => {
+  it('an open claim that stays unstarted delays the job by CLAIM_OPEN_WAIT_MS at most, then it is built here (a member claiming everything cannot stall others)', () => {
+    const s = new Scheduler(config('owner-b'))
+    s.handle({ type: 'peer-seen', peer: owner('owner-a', claiming(['x'])) }, 0)
+    s.handle({ type: 'submit', submission: submission([spec('x')]) }, 1)
+    assert.deepEqual(builds(s.handle({ type: 'tick' }, 1 + CLAIM_OPEN_WAIT_MS - 1)), [])
+    assert.deepEqual(builds(s.handle({ type: 'tick' }, 1 + CLAIM_OPEN_WAIT_MS + CLAIM_HOLD_MS)), [drv('x')])
+  })
+
+  it('a started claim is waited for past that bound', () => {
+    const s = new Scheduler(config('owner-b'))
+    s.handle({ type: 'peer-seen', peer: owner('owner-c', claiming([], ['x'])) }, 0)
+    s.handle({ type: 'submit', submission: submission([spec('x')]) }, 1)
+    assert.deepEqual(builds(s.handle({ type: 'tick' }, 1 + 3 * CLAIM_OPEN_WAIT_MS)), [])
   })
 })
