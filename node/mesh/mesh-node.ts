@@ -116,11 +116,7 @@ export class MeshNode {
         dataDir: o.dataDir,
         store,
         log: log.child('builder'),
-        peers: () => peers.list().map(p => ({
-          systems: p.beacon.systems,
-          features: [...new Set([...p.beacon.features, ...p.beacon.mandatoryFeatures])],
-          maxJobs: p.beacon.diskLow ? 0 : p.beacon.maxJobs
-        })),
+        peers: () => peers.list().map(p => ({ systems: p.beacon.systems, features: allFeatures(p.beacon), maxJobs: p.beacon.diskLow ? 0 : p.beacon.maxJobs })),
         submit: async (drvPaths, options) => await this.submissions.submit(drvPaths, options),
         report: (id) => this.submissions.report(id),
         watch: (id, listener) => this.submissions.watch(id, listener),
@@ -241,6 +237,7 @@ export class MeshNode {
   }
 
   status (): StatusReport {
+    const builder = this.builder
     return nodeStatus({
       network: this.network,
       peers: this.peers,
@@ -252,7 +249,7 @@ export class MeshNode {
       signQueuePending: () => this.signQueue.pending(),
       signer: () => this.signerLink.status(),
       ...(this.httpUrl !== undefined ? { httpUrl: this.httpUrl } : {}),
-      ...(this.builder !== undefined ? { builder: () => (this.builder as BuilderService).status() } : {})
+      ...(builder !== undefined ? { builder: () => builder.status() } : {})
     })
   }
 }
