@@ -329,7 +329,9 @@ export class Scheduler {
         this.changed(existing)
         continue
       }
-      if (existing !== undefined && SUCCESS.has(existing.state)) {
+      // Built already: its outputs are (or were) in this store. Not for the builder socket, which
+      // asks only for outputs its Nix lacks, and whose earlier copies left the root once copied.
+      if (existing !== undefined && SUCCESS.has(existing.state) && spec.remoteOnly !== true) {
         if (!existing.submissions.includes(spec.id)) existing.submissions.push(spec.id)
         continue
       }

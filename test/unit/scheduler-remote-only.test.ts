@@ -46,4 +46,17 @@ describe('remote-only jobs (the builder socket)', () => {
     assert.equal(imports.length, 1)
     assert.equal(imports[0]?.type === 'import' && imports[0].remoteOnly, true)
   })
+
+  it('are built again when the socket asks for them again (Nix lacks the outputs: they were collected, and the root copy is gone)', () => {
+    const s = new Scheduler(config())
+    const steal = (t: number): Decision[] => s.handle({ type: 'steal-request', requestId: `r${t}`, from: 'peer', capabilities: X86, want: 1 }, t)
+    s.handle({ type: 'submit', submission: submission('socket-1', [job('a')], true) }, 0)
+    steal(1)
+    s.handle({ type: 'result', from: 'peer', drvPath: '/nix/store/a.drv', outcome: { ok: true, outputs: { out: '/nix/store/a' } } }, 2)
+    s.handle({ type: 'import-finished', from: 'peer', drvPath: '/nix/store/a.drv' }, 3)
+    assert.equal(s.job('/nix/store/a.drv')?.state, 'built')
+    const again = s.handle({ type: 'submit', submission: submission('socket-2', [job('a')], true) }, 4)
+    assert.equal(again.some(d => d.type === 'submission-finished'), false, 'the second request was answered from the first build, whose outputs are gone')
+    assert.deepEqual(granted(steal(5)), ['/nix/store/a.drv'])
+  })
 })
