@@ -6,6 +6,7 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { TestNetwork, type HostExecResult, type TestHost } from '../helpers/test-hosts.ts'
@@ -119,6 +120,14 @@ describe('plain Nix builds through the builder socket', { timeout: 600_000 }, ()
     assert.match(r.stdout.trim(), /-other$/)
     const content = await hostA.execText('cat', [r.stdout.trim()])
     assert.match(content, new RegExp(`${tag} other\\n${tag} other-dep`))
+    // Once the node has swept its root copy (Nix has it now), collected from A's store, then asked
+    // for again: built again through the mesh, not answered from the first build.
+    const rootCopy = join(builderPaths(nodes[0]!.dataDir).root, r.stdout.trim())
+    await waitFor(() => !existsSync(rootCopy), 30_000, 'the builder root to sweep the copied output')
+    await hostA.execText('nix-store', ['--delete', r.stdout.trim()])
+    const again = await viaMesh('nix-store', ['--realise', drv])
+    assert.equal(again.code, 0, again.stderr.slice(-3000))
+    await hostA.execText('nix-store', ['--verify-path', again.stdout.trim()])
   })
 
   it('a failing derivation fails nix-build with its log tail and Nix\'s exit code for a remote failure', async () => {
