@@ -6,7 +6,7 @@ import { CALIBRATIONS, type Calibration, type CalibrationName } from './calibrat
 import { makeCluster } from './cluster.ts'
 import { POLICIES, type PolicyName } from './policy.ts'
 import { simulate, type SimResult } from './simulator.ts'
-import { generateWorkload, WORKLOADS } from './workloads.ts'
+import { generateWorkload, WORKLOADS, type Estimates } from './workloads.ts'
 
 class UsageError extends Error {
   override name = 'UsageError'
@@ -22,7 +22,10 @@ const USAGE = `usage: npm run sim -- --workload ${WORKLOADS.join('|')} --jobs N 
   [--shared [--no-claims]]     with --owners: every owner submits the same derivations instead
                                (buildsPerJob says how often each was built in the mesh); their
                                offers carry their claims, so each is built once and fetched by
-                               the others; --no-claims gossips none, the mesh before claims`
+                               the others; --no-claims gossips none, the mesh before claims
+  [--estimates none|exact|noisy:SIGMA]  meshbuild's owners know each job's build time from
+                               history: not at all (none, the default), exactly, or off by a
+                               log-normal factor of SIGMA`
 
 function main (argv: string[]): void {
   const { values } = parseArgs({
@@ -44,6 +47,7 @@ function main (argv: string[]): void {
       shares: { type: 'string' },
       shared: { type: 'boolean', default: false },
       'no-claims': { type: 'boolean', default: false },
+      estimates: { type: 'string', default: 'none' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false }
     },
@@ -67,6 +71,7 @@ function main (argv: string[]): void {
   if (shares !== undefined && shares.length !== owners) throw new UsageError(`--shares needs one weight per owner (${owners}), not ${shares.length}`)
   if (values.shared && owners < 2) throw new UsageError('--shared needs --owners 2 or more: the owners share the derivations')
   if (values['no-claims'] && !values.shared) throw new UsageError('--no-claims needs --shared: only owners sharing derivations have claims to act on')
+  const estimates = estimatesOf(values.estimates)
   const gossip = values.gossip === undefined ? undefined : oneOf(values.gossip, ['exact', 'coalesced'] as const, '--gossip')
   const cluster = makeCluster(nodes, seed, {
     ...(values.speeds !== undefined ? { speeds: numbers(values.speeds, '--speeds') } : {}),
@@ -83,6 +88,7 @@ function main (argv: string[]): void {
     ...(gossip !== undefined ? { gossip } : {}),
     ...(owners > 1 ? { owners } : {}),
     ...(shares !== undefined ? { shares } : {}),
+    ...(estimates !== undefined ? { estimates } : {}),
     ...(values.shared ? { shared: true, claims: !values['no-claims'] } : {})
   })
   process.stdout.write(values.json ? `${JSON.stringify(summary(result))}\n` : text(result))
@@ -94,6 +100,8 @@ function summary (r: SimResult): Record<string, unknown> {
     makespan: r.makespan,
     lowerBound: r.lowerBound,
     ratio: r.ratio,
+    tightLowerBound: r.tightLowerBound,
+    tightRatio: r.tightRatio,
     messagesPerJob: r.messagesPerJob,
     stealsPerJob: r.stealsPerJob,
     buildsPerJob: r.buildsPerJob,
@@ -123,6 +131,7 @@ function text (r: SimResult): string {
   return [
     `${r.workload}: ${r.jobs} jobs on ${r.nodes} nodes, ${r.policy}, seed ${r.seed}${r.failRate > 0 ? `, fail rate ${r.failRate} (${r.deaths} died)` : ''}`,
     `makespan ${r.makespan.toFixed(1)} s, lower bound ${r.lowerBound.toFixed(1)} s (critical path ${r.criticalPath.toFixed(1)} s, work ÷ capacity ${r.workBound.toFixed(1)} s): ${r.ratio.toFixed(3)} × LB`,
+    `tighter bound ${r.tightLowerBound.toFixed(1)} s (the head everything waits for at the fastest speed, then the rest over all capacity): ${r.tightRatio.toFixed(3)} × that`,
     `${r.messagesPerJob.toFixed(1)} messages/job, ${r.stealsPerJob.toFixed(2)} steals/job (${c.emptySteals} empty), ${(r.bytesMoved / 2 ** 20).toFixed(0)} MiB moved, ${r.idleSlotSeconds.toFixed(0)} idle slot-s while work was ready, submitter's uplink busy ${r.submitterUplinkSeconds.toFixed(0)} s`,
     ...(r.shared !== undefined ? [`the owners share the derivations, ${r.shared.claims ? 'with' : 'without'} claims: ${r.buildsPerJob.toFixed(3)} builds per derivation`] : []),
     ...(r.owners ?? []).map((o, i) => `owner ${i} (share ${o.share}): makespan ${o.makespan.toFixed(1)} s, ${(100 * o.slotShare).toFixed(1)} % of the slots while all had work${o.allBuilt ? '' : ', NOT all built'}`),
@@ -131,6 +140,15 @@ function text (r: SimResult): string {
       (Object.keys(c.unknownDecisions).length > 0 ? `; unknown decisions ${JSON.stringify(c.unknownDecisions)}` : ''),
     ''
   ].join('\n')
+}
+
+/** none | exact | noisy:SIGMA (the history off by a log-normal factor of that sigma). */
+function estimatesOf (value: string | undefined): Estimates | undefined {
+  if (value === undefined || value === 'none') return undefined
+  if (value === 'exact') return { kind: 'exact' }
+  const m = /^noisy:([0-9.]+)$/.exec(value)
+  if (m !== null && Number(m[1]) >= 0) return { kind: 'noisy', sigma: Number(m[1]) }
+  throw new UsageError(`--estimates must be none, exact or noisy:SIGMA, not ${value}`)
 }
 
 function oneOf<T extends string> (value: string | undefined, allowed: readonly T[], flag: string): T {

@@ -26,7 +26,7 @@ import { SimInvariantError, type JobEnd } from './invariants.ts'
 import { bump } from './metrics.ts'
 import type { Policy } from './policy.ts'
 import { KIND, type World } from './world.ts'
-import { submissionSpec, type SimJob, type Workload } from './workloads.ts'
+import { submissionSpec, type Estimates, type SimJob, type Workload } from './workloads.ts'
 
 /** The class every simulated node runs: the production scheduler (a test checks the identity). */
 export const SIMULATED_SCHEDULER = Scheduler
@@ -54,6 +54,8 @@ export interface MeshbuildOptions {
   shared?: boolean
   /** With shared: offers carry the owners' claims (claims.ts); false: none, so no owner defers. */
   claims?: boolean
+  /** The build times the owners know from history; none unless given. */
+  estimates?: Estimates
 }
 
 export const SUBMISSION_ID = 'sim-submission'
@@ -196,6 +198,7 @@ export class MeshbuildPolicy implements Policy {
       this.w.at(submitAt, KIND.submit, o, 0, () => {
         const spec = submissionSpec(this.workload, submissionId(o), submitAt, {
           ...(this.options.check === true ? { check: true } : {}),
+          ...(this.options.estimates !== undefined ? { estimates: this.options.estimates } : {}),
           ...(this.owners > 1 && !this.shared ? { range: [...(this.ranges[o] as [number, number])] as [number, number] } : {})
         })
         this.dispatch(owner, { type: 'submit', submission: spec })

@@ -12,7 +12,7 @@ import { DEFAULT_SHARE } from '../../node/scheduler/fair-share.ts'
 import { StaticHookPolicy } from './policy-static-hook.ts'
 import type { Policy, PolicyName } from './policy.ts'
 import { randomFailures, World, type Failure } from './world.ts'
-import { concatWorkloads, type Workload } from './workloads.ts'
+import { concatWorkloads, type Estimates, type Workload } from './workloads.ts'
 
 export interface SimOptions {
   workload: Workload
@@ -47,6 +47,8 @@ export interface SimOptions {
   claims?: boolean
   /** Each owner's share weight (join --share), by owner; 1 for those not given. */
   shares?: number[]
+  /** The build times meshbuild's owners know from history (workloads.ts Estimates); none unless given. */
+  estimates?: Estimates
 }
 
 /** One owner of a run with several: when its submission finished and what of the mesh it got. */
@@ -80,6 +82,10 @@ export interface SimResult {
   criticalPath: number
   workBound: number
   ratio: number
+  /** A bound no schedule beats either, nearer where a narrow head blocks the rest (lower-bound.ts). */
+  tightLowerBound: number
+  /** makespan ÷ tightLowerBound: how far from the best possible, at most. */
+  tightRatio: number
   messagesPerJob: number
   stealsPerJob: number
   /**
@@ -167,6 +173,8 @@ export function simulate (options: SimOptions): SimResult {
     criticalPath: lb.criticalPathMs / 1000,
     workBound: lb.workBoundMs / 1000,
     ratio: makespanMs / lb.lowerBoundMs,
+    tightLowerBound: lb.tightLowerBoundMs / 1000,
+    tightRatio: makespanMs / lb.tightLowerBoundMs,
     messagesPerJob: c.messages / n,
     stealsPerJob: c.steals / n,
     buildsPerJob: world.tracker.completed / n,
@@ -212,7 +220,8 @@ function makePolicy (options: SimOptions, world: World, check: boolean, ownerRan
       seed: options.seed,
       ownerRanges,
       ...(options.shares !== undefined ? { shares: options.shares } : {}),
-      ...(options.shared === true ? { shared: true, claims: options.claims !== false } : {})
+      ...(options.shared === true ? { shared: true, claims: options.claims !== false } : {}),
+      ...(options.estimates !== undefined ? { estimates: options.estimates } : {})
     })
     case 'static-hook': return new StaticHookPolicy(world, options.workload)
     case 'central-pull': return new CentralPullPolicy(world, options.workload)

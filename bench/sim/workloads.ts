@@ -128,7 +128,7 @@ export function concatWorkloads (parts: readonly Workload[]): OwnedWorkload {
  * requested = the jobs nothing depends on, in index order; nothing substituted. With `range`
  * [from, to): only those jobs (one owner's copy; their inputs lie in the range too).
  */
-export function submissionSpec (w: Workload, id: string, submittedAt: number, options: { priority?: number, check?: boolean, range?: [number, number] } = {}): SubmissionSpec {
+export function submissionSpec (w: Workload, id: string, submittedAt: number, options: { priority?: number, check?: boolean, range?: [number, number], estimates?: Estimates } = {}): SubmissionSpec {
   const hasDependent = new Uint8Array(w.jobs.length)
   for (const j of w.jobs) for (const i of j.inputs) hasDependent[i] = 1
   const [from, to] = options.range ?? [0, w.jobs.length]
@@ -138,7 +138,8 @@ export function submissionSpec (w: Workload, id: string, submittedAt: number, op
     outputs: j.outputs,
     inputJobs: j.inputs.map(i => (w.jobs[i] as SimJob).drvPath),
     system: j.system,
-    requiredFeatures: j.requiredFeatures
+    requiredFeatures: j.requiredFeatures,
+    ...(options.estimates !== undefined ? { estimatedMs: estimateOf(j, options.estimates, w.seed) } : {})
   }))
   return {
     id,
@@ -149,6 +150,22 @@ export function submissionSpec (w: Workload, id: string, submittedAt: number, op
     ...(options.check === true ? { check: true } : {}),
     submittedAt
   }
+}
+
+/**
+ * What the owner's build history (node/state/build-history.ts) would know of each job's work:
+ * exact, or off by a log-normal factor of this sigma (0.5: half the estimates within ×0.71–1.40),
+ * as the previous version of a package built in a different time.
+ */
+export type Estimates = { kind: 'exact' } | { kind: 'noisy', sigma: number }
+
+function estimateOf (j: SimJob, e: Estimates, seed: number): number {
+  if (e.kind === 'exact') return j.workMs
+  // One draw per job from its own stream, so an estimate does not depend on the order asked.
+  const r = seededRandom((Math.imul(seed ^ 0x68e31da4, 2654435761) + j.index * 40503) >>> 0)
+  const u = Math.max(r(), 1e-12)
+  const z = Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * r())
+  return Math.round(j.workMs * Math.exp(e.sigma * z))
 }
 
 class Generator {

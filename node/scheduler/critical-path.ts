@@ -1,6 +1,11 @@
-// Longest remaining path: how many jobs, this one included, stand between a job and the end of
-// the longest chain of dependents it unblocks. Jobs on long chains go first.
+// Longest remaining path: the estimated work, this job included, between a job and the end of
+// the longest chain of dependents it unblocks. Jobs on long chains go first. A job without an
+// estimate (no earlier build of that name) counts as UNKNOWN_ESTIMATE_MS, so with no estimates at
+// all the path is the number of jobs on it, in units of that constant.
 import type { JobSpec } from './job.ts'
+
+/** What a job nobody has built before is taken to cost: one unit of path. */
+export const UNKNOWN_ESTIMATE_MS = 60_000
 
 export function criticalPaths (jobs: readonly JobSpec[]): Map<string, number> {
   const byPath = new Map(jobs.map(j => [j.drvPath, j]))
@@ -30,7 +35,7 @@ export function criticalPaths (jobs: readonly JobSpec[]): Map<string, number> {
       }
       let longest = 0
       for (const d of deps) longest = Math.max(longest, memo.get(d) ?? 0)
-      memo.set(top.path, longest + 1)
+      memo.set(top.path, longest + (byPath.get(top.path)?.estimatedMs ?? UNKNOWN_ESTIMATE_MS))
       stack.pop()
     }
   }

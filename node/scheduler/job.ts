@@ -49,12 +49,14 @@ export interface JobSpec {
   inputJobs: string[]
   system: string
   requiredFeatures: string[]
+  /** Build time at speed factor 1 (ms), from earlier builds of this name; absent when unknown. */
+  estimatedMs?: number
 }
 
 export interface Job extends JobSpec {
   state: JobState
   priority: number
-  /** Longest chain of jobs from this one to a requested output, itself included. */
+  /** Longest chain of estimated work from this one to a requested output, itself included (critical-path.ts). */
   criticalPath: number
   timeout?: number
   maxSilentTime?: number

@@ -157,6 +157,11 @@ export class Scheduler {
   private readonly offering = new Set<string>()
   /** Free slots the known peers announce (maxJobs − running, summed): the thieves a new offer draws. */
   private peerFreeSlots = 0
+  /** The known peers' slots × speed factor, summed: the capacity remaining work is spread over. */
+  private peerCapacity = 0
+  /** Estimated work (ms at speed 1) of the unfinished jobs with an estimate, and which those are. */
+  private estimatedLeftMs = 0
+  private readonly estimatedLeft = new Set<string>()
   /** When each ready job became ready: a young one may be kept for a faster peer (FASTER_HOLD_MS). */
   private readonly readySince = new Map<string, number>()
   /** Peers' claims (those that announce any). */
@@ -497,8 +502,12 @@ export class Scheduler {
     if (peer.peerId !== this.config.selfId) this.peerClaims(peer.peerId, peer.claims)
     const before = this.peers.get(peer.peerId)
     if (peer.peerId !== this.config.selfId) {
-      if (before !== undefined) this.peerFreeSlots -= freeSlots(before)
+      if (before !== undefined) {
+        this.peerFreeSlots -= freeSlots(before)
+        this.peerCapacity -= before.maxJobs * before.speedFactor
+      }
       this.peerFreeSlots += freeSlots(peer)
+      this.peerCapacity += peer.maxJobs * peer.speedFactor
     }
     // An empty reply said nothing about work that peer has made ready since. But every idle
     // thief sees the same new offer at the same moment: were each to ask at once, a mesh of N
@@ -526,7 +535,10 @@ export class Scheduler {
 
   private onPeerLost (peerId: string): void {
     const before = this.peers.get(peerId)
-    if (before !== undefined && peerId !== this.config.selfId) this.peerFreeSlots -= freeSlots(before)
+    if (before !== undefined && peerId !== this.config.selfId) {
+      this.peerFreeSlots -= freeSlots(before)
+      this.peerCapacity -= before.maxJobs * before.speedFactor
+    }
     this.peers.delete(peerId)
     this.offering.delete(peerId)
     this.emptyInARow.delete(peerId)
@@ -679,8 +691,14 @@ export class Scheduler {
     // Computed at the first young job only: a scan of every peer.
     let faster: Array<{ capabilities: MachineCapabilities, free: number }> | undefined
     let kept = 0
+    let horizon: number | undefined
+    const fastest = new Map<string, number>()
     for (const job of ordered) {
       if (out.length >= limit) break
+      if (speed !== undefined && job.estimatedMs !== undefined) {
+        horizon ??= this.horizonMs()
+        if (this.heldForFaster(job, speed, horizon, fastest)) continue
+      }
       if (speed !== undefined && this.now - (this.readySince.get(job.drvPath) ?? -Infinity) < FASTER_HOLD_MS) {
         faster ??= this.fasterFreeSlots(speed, builder)
         let room = 0
@@ -690,6 +708,46 @@ export class Scheduler {
       out.push(job)
     }
     return out
+  }
+
+  /**
+   * How soon, at best, this owner's remaining work is done: its longest remaining path at the
+   * fastest speed known, or its estimated work spread over the mesh's capacity, the later.
+   */
+  private horizonMs (): number {
+    let top = 0
+    for (const j of this.readyOrder) { top = Math.max(top, j.criticalPath); if (j.priority !== this.readyOrder[0]?.priority) break }
+    let fastest = this.config.speedFactor
+    for (const p of this.peers.values()) fastest = Math.max(fastest, p.speedFactor)
+    const capacity = this.peerCapacity + this.config.maxJobs * this.config.speedFactor
+    return Math.max(top / Math.max(fastest, 0.001), this.estimatedLeftMs / Math.max(capacity, 0.001))
+  }
+
+  /**
+   * Whether a job with an estimate is kept from a builder of speed `speed` for a faster one: when
+   * its own build at that speed, with the rest of its path at the fastest speed, would end after
+   * `horizon` (it would make the whole build later), and only while it has been ready for less
+   * than the fastest machine able to take it would save on that path, so that a busy mesh still
+   * gets it built. Only its own build is counted at this speed: its dependents go wherever they
+   * go (counting the whole path at this speed kept nearly every job of a layered DAG for the
+   * fastest machines, and doubled its makespan in the simulator). `fastest` caches, per
+   * requirements, the fastest known machine that can build them.
+   */
+  private heldForFaster (job: Job, speed: number, horizon: number, fastest: Map<string, number>): boolean {
+    const key = requirementsKey(job)
+    let best = fastest.get(key)
+    if (best === undefined) {
+      best = canBuild(this.config.capabilities, job) && job.remoteOnly !== true ? this.config.speedFactor : 0
+      for (const p of this.peers.values()) if (p.speedFactor > best && canBuild(p.capabilities, job)) best = p.speedFactor
+      fastest.set(key, best)
+    }
+    if (best <= speed) return false
+    const path = job.criticalPath
+    const own = Math.min(job.estimatedMs ?? 0, path)
+    const slow = Math.max(speed, 0.001)
+    if (own / slow + (path - own) / best <= horizon) return false
+    const saved = path / slow - path / best
+    return this.now - (this.readySince.get(job.drvPath) ?? -Infinity) < saved
   }
 
   /** Free slots of peers (and this node) faster than `speed`, other than `builder`, by capabilities. */
@@ -878,7 +936,10 @@ export class Scheduler {
 
   /** Records a job (new, restored, or replacing a finished one) and its place in the indexes. */
   private addJob (job: Job): void {
+    const before = this.jobs.get(job.drvPath)
+    if (before !== undefined && this.estimatedLeft.delete(job.drvPath)) this.estimatedLeftMs -= before.estimatedMs ?? 0
     this.jobs.set(job.drvPath, job)
+    this.countEstimate(job)
     if (!this.order.has(job.drvPath)) this.order.set(job.drvPath, this.order.size)
     for (const input of job.inputJobs) {
       const set = this.dependents.get(input)
@@ -1077,7 +1138,17 @@ export class Scheduler {
     }
   }
 
+  /** Keeps estimatedLeftMs: the estimate of a job counts while it is unfinished. */
+  private countEstimate (job: Job): void {
+    if (job.estimatedMs === undefined) return
+    const counted = this.estimatedLeft.has(job.drvPath)
+    const unfinished = !TERMINAL_STATES.has(job.state)
+    if (unfinished && !counted) { this.estimatedLeft.add(job.drvPath); this.estimatedLeftMs += job.estimatedMs }
+    if (!unfinished && counted) { this.estimatedLeft.delete(job.drvPath); this.estimatedLeftMs -= job.estimatedMs }
+  }
+
   private changed (job: Job): void {
+    this.countEstimate(job)
     if (job.state !== 'ready') this.readySince.delete(job.drvPath)
     else if (!this.readySince.has(job.drvPath)) this.readySince.set(job.drvPath, this.now)
     if (job.state === 'leased') this.leased.add(job.drvPath)

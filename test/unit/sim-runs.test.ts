@@ -22,6 +22,7 @@ describe('simulated runs', () => {
         assert.ok(r.allBuilt, 'every job built')
         assert.equal(r.deaths, 0)
         assert.ok(r.makespan >= r.lowerBound, `makespan ${r.makespan} below LB ${r.lowerBound}`)
+        assert.ok(r.makespan >= r.tightLowerBound && r.tightLowerBound >= r.lowerBound, `makespan ${r.makespan}, tight bound ${r.tightLowerBound}, LB ${r.lowerBound}`)
         assert.ok(r.messagesPerJob > 0)
         assert.deepEqual(r.counters.unknownDecisions, {})
         const f = simulate({ workload: w, cluster, policy, seed: 5, failRate: 0.4 })
@@ -63,5 +64,17 @@ describe('simulated runs', () => {
     assert.equal(lb.criticalPathMs, work / 2)
     assert.equal(lb.workBoundMs, work / (3 * 4 * 2))
     assert.equal(lb.lowerBoundMs, work / 2)
+    // A chain: nothing is left to spread after its head, so the tighter bound adds nothing.
+    assert.equal(lb.tightLowerBoundMs, work / 2)
+  })
+
+  it('the tighter bound counts the fan-out that must wait for the head it depends on', () => {
+    // One 10 s job everything needs, then 100 jobs of 1 s, on 10 slots of speed 1: LB says 11 s
+    // (path 11 s, work 110 s ÷ 10), but the 100 s of fan-out start only at 10 s: 20 s at best.
+    const head = { index: 0, name: 'head', drvPath: '/nix/store/h.drv', outputs: {}, inputs: [], system: 'x86_64-linux', requiredFeatures: [], workMs: 10_000, outputBytes: 0 }
+    const jobs = [head, ...Array.from({ length: 100 }, (_, k) => ({ ...head, index: k + 1, name: `leaf${k}`, inputs: [0], workMs: 1_000 }))]
+    const lb = lowerBound(jobs, makeCluster(1, 1, { speeds: [1], slots: [10] }))
+    assert.equal(lb.lowerBoundMs, 11_000)
+    assert.equal(lb.tightLowerBoundMs, 20_000)
   })
 })
