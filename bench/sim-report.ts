@@ -2,10 +2,14 @@
 // generated sim block (bench/doc-block.ts) with docs/sim-messages.svg beside it:
 //   1. makespan ÷ LB for each workload × policy, JOBS jobs on NODES nodes of the default
 //      heterogeneous cluster (bench/sim/cluster.ts), seeds 1..SEEDS: mean and range;
-//   2. meshbuild's messages and steals per job as the mesh grows (layered, MESH_JOBS jobs, seed 1).
+//      meshbuild twice: without build-time estimates (a first build) and with the history's,
+//      off by a log-normal factor (σ HISTORY_SIGMA: a package's previous version);
+//   2. meshbuild's messages and steals per job as the mesh grows (layered, MESH_JOBS jobs, seed 1);
+//   3. issue 10's scale targets: nixpkgs-like 10,000 × 30 (seeds 1..SEEDS, every policy) and
+//      100,000 × 1,000 (seed 1, meshbuild), with the simulator's own wall time.
 // Knobs for a quicker run: BENCH_SIM_SEEDS (3), BENCH_SIM_JOBS (2000), BENCH_SIM_NODES (30),
-// BENCH_SIM_MESH_SIZES (10,30,100,300,1000), BENCH_SIM_MESH_JOBS (2000); BENCH_SIM_DOC=FILE
-// writes another Markdown file (the SVG beside it), BENCH_SIM_DOC=none neither.
+// BENCH_SIM_MESH_SIZES (10,30,100,300,1000), BENCH_SIM_MESH_JOBS (2000), BENCH_SIM_SCALE=0 (no
+// part 3); BENCH_SIM_DOC=FILE writes another Markdown file (the SVG beside it), =none neither.
 import { writeFile } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -14,7 +18,7 @@ import type { BenchRow } from './run.ts'
 import { DEFAULT_SLOTS, DEFAULT_SPEEDS, makeCluster } from './sim/cluster.ts'
 import { POLICIES, type PolicyName } from './sim/policy.ts'
 import { COALESCE_FROM_NODES, simulate, type SimResult } from './sim/simulator.ts'
-import { generateWorkload, WORKLOADS, type WorkloadName } from './sim/workloads.ts'
+import { generateWorkload, WORKLOADS, type Estimates, type WorkloadName } from './sim/workloads.ts'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const SEEDS = Number(process.env.BENCH_SIM_SEEDS ?? 3)
@@ -23,6 +27,17 @@ const NODES = Number(process.env.BENCH_SIM_NODES ?? 30)
 const MESH_SIZES = (process.env.BENCH_SIM_MESH_SIZES ?? '10,30,100,300,1000').split(',').map(Number)
 const MESH_JOBS = Number(process.env.BENCH_SIM_MESH_JOBS ?? 2_000)
 const MESH_WORKLOAD: WorkloadName = 'layered'
+const SCALE = process.env.BENCH_SIM_SCALE !== '0'
+const HISTORY_SIGMA = 0.3
+const HISTORY: Estimates = { kind: 'noisy', sigma: HISTORY_SIGMA }
+
+/** What the tables compare: the three policies, meshbuild also with its history of build times. */
+interface Variant { label: string, policy: PolicyName, estimates?: Estimates }
+const VARIANTS: Variant[] = [
+  { label: 'meshbuild', policy: 'meshbuild' },
+  { label: 'meshbuild + history', policy: 'meshbuild', estimates: HISTORY },
+  ...POLICIES.filter(p => p !== 'meshbuild').map(p => ({ label: p, policy: p }))
+]
 const DOC = process.env.BENCH_SIM_DOC ?? join(ROOT, 'docs/benchmarks.md')
 const SVG_NAME = 'sim-messages.svg'
 /** The 3-node sleep DAG is calibration, not scale: report.ts has it. */
@@ -31,10 +46,15 @@ const SWEPT_WORKLOADS = WORKLOADS.filter(w => w !== 'sleep')
 const fx = (x: number, d = 2): string => x.toFixed(d)
 const mean = (xs: number[]): number => xs.reduce((s, x) => s + x, 0) / Math.max(1, xs.length)
 
-function once (workload: WorkloadName, jobs: number, nodes: number, policy: PolicyName, seed: number): SimResult {
-  const r = simulate({ workload: generateWorkload(workload, jobs, seed), cluster: makeCluster(nodes, seed), policy, seed })
-  process.stderr.write(`  sim ${workload} ${jobs}×${nodes} ${policy} seed ${seed}: ${fx(r.ratio, 3)} × LB, ${fx(r.messagesPerJob, 1)} messages/job, ${fx(r.wallMs / 1000, 1)} s\n`)
+function once (workload: WorkloadName, jobs: number, nodes: number, v: Variant, seed: number): SimResult {
+  const r = simulate({ workload: generateWorkload(workload, jobs, seed), cluster: makeCluster(nodes, seed), policy: v.policy, seed, ...(v.estimates !== undefined ? { estimates: v.estimates } : {}) })
+  process.stderr.write(`  sim ${workload} ${jobs}×${nodes} ${v.label} seed ${seed}: ${fx(r.ratio, 3)} × LB, ${fx(r.tightRatio, 3)} × tight, ${fx(r.messagesPerJob, 1)} messages/job, ${fx(r.wallMs / 1000, 1)} s\n`)
   return r
+}
+
+/** Mean (range) of a list of ratios. */
+function spread (rr: number[]): string {
+  return `${fx(mean(rr))} (${fx(Math.min(...rr))}–${fx(Math.max(...rr))})`
 }
 
 export interface MeshPoint { nodes: number, messagesPerJob: number, stealsPerJob: number }
@@ -105,17 +125,18 @@ export async function run (): Promise<BenchRow[]> {
   const policyRows: BenchRow[] = []
   const ratios = new Map<string, number[]>()
   for (const w of SWEPT_WORKLOADS) {
-    for (const p of POLICIES) {
+    for (const v of VARIANTS) {
       const rs: SimResult[] = []
-      for (let seed = 1; seed <= SEEDS; seed++) rs.push(once(w, JOBS, NODES, p, seed))
+      for (let seed = 1; seed <= SEEDS; seed++) rs.push(once(w, JOBS, NODES, v, seed))
       const rr = rs.map(r => r.ratio)
-      ratios.set(`${w} ${p}`, rr)
+      ratios.set(`${w} ${v.label}`, rr)
       policyRows.push({
         workload: w,
-        policy: p,
+        policy: v.label,
         'makespan ÷ LB': fx(mean(rr)),
         range: `${fx(Math.min(...rr))}–${fx(Math.max(...rr))}`,
         'per seed': rr.map(x => fx(x)).join(', '),
+        '÷ tight bound': fx(mean(rs.map(r => r.tightRatio))),
         'makespan s': fx(mean(rs.map(r => r.makespan)), 0),
         'LB s': fx(mean(rs.map(r => r.lowerBound)), 0),
         'messages/job': fx(mean(rs.map(r => r.messagesPerJob)), 1),
@@ -129,7 +150,7 @@ export async function run (): Promise<BenchRow[]> {
   const meshRows: BenchRow[] = []
   const points: MeshPoint[] = []
   for (const nodes of MESH_SIZES) {
-    const r = once(MESH_WORKLOAD, MESH_JOBS, nodes, 'meshbuild', 1)
+    const r = once(MESH_WORKLOAD, MESH_JOBS, nodes, { label: 'meshbuild', policy: 'meshbuild' }, 1)
     points.push({ nodes, messagesPerJob: r.messagesPerJob, stealsPerJob: r.stealsPerJob })
     meshRows.push({
       nodes: nodes.toLocaleString('en'),
@@ -142,19 +163,38 @@ export async function run (): Promise<BenchRow[]> {
       'wall s': fx(r.wallMs / 1000, 1)
     })
   }
+  // 3. The issue's scale targets.
+  const scaleRows: BenchRow[] = []
+  if (SCALE) {
+    for (const v of VARIANTS) {
+      const rs: SimResult[] = []
+      for (let seed = 1; seed <= SEEDS; seed++) rs.push(once('nixpkgs', 10_000, 30, v, seed))
+      scaleRows.push({
+        run: '10,000 × 30', policy: v.label, 'makespan ÷ LB': spread(rs.map(r => r.ratio)), '÷ tight bound': spread(rs.map(r => r.tightRatio)),
+        'messages/job': fx(mean(rs.map(r => r.messagesPerJob)), 1), 'wall s': fx(mean(rs.map(r => r.wallMs)) / 1000, 1)
+      })
+    }
+    for (const v of VARIANTS.filter(x => x.policy === 'meshbuild')) {
+      const r = once('nixpkgs', 100_000, 1_000, v, 1)
+      scaleRows.push({
+        run: '100,000 × 1,000', policy: v.label, 'makespan ÷ LB': fx(r.ratio), '÷ tight bound': fx(r.tightRatio),
+        'messages/job': fx(r.messagesPerJob, 1), 'wall s': fx(r.wallMs / 1000, 1)
+      })
+    }
+  }
   const wallS = (performance.now() - t0) / 1000
   const loadEnd = loadAverage()
 
   if (DOC !== 'none') {
     // The best policy's mean in bold on each row.
     const pivot = SWEPT_WORKLOADS.map(w => {
-      const best = Math.min(...POLICIES.map(p => Number(fx(mean(ratios.get(`${w} ${p}`) ?? [])))))
+      const best = Math.min(...VARIANTS.map(v => Number(fx(mean(ratios.get(`${w} ${v.label}`) ?? [])))))
       return {
         workload: w,
-        ...Object.fromEntries(POLICIES.map(p => {
-          const rr = ratios.get(`${w} ${p}`) ?? []
+        ...Object.fromEntries(VARIANTS.map(v => {
+          const rr = ratios.get(`${w} ${v.label}`) ?? []
           const m = fx(mean(rr))
-          return [p, `${Number(m) === best ? `**${m}**` : m} (${fx(Math.min(...rr))}–${fx(Math.max(...rr))})`]
+          return [v.label, `${Number(m) === best ? `**${m}**` : m} (${fx(Math.min(...rr))}–${fx(Math.max(...rr))})`]
         }))
       }
     })
@@ -165,13 +205,23 @@ export async function run (): Promise<BenchRow[]> {
       '',
       wrap(`**Makespan ÷ LB**, ${JOBS.toLocaleString('en')} jobs on ${NODES} nodes (speed factors drawn from ${DEFAULT_SPEEDS.join(', ')} and slots from ` +
         `${DEFAULT_SLOTS.join(', ')} per node; node 0, the submitter, 4 slots at speed 2), ${seeds}, the best in bold. ` +
-        'LB = max(critical path at the fastest speed, work ÷ Σ slots × speed); costs from bench/sim/calibration.ts (daemon profile).'),
+        'LB = max(critical path at the fastest speed, work ÷ Σ slots × speed); costs from bench/sim/calibration.ts (daemon profile). ' +
+        `"meshbuild + history": the owner knows each job's build time from earlier builds (\`--estimates noisy:${HISTORY_SIGMA}\`: ` +
+        `off by a log-normal factor of σ ${HISTORY_SIGMA}, as a package's previous version); "meshbuild": a first build, no estimates.`),
       '',
-      markdownTable(pivot, ['workload', ...POLICIES]),
+      markdownTable(pivot, ['workload', ...VARIANTS.map(v => v.label)]),
       '',
       wrap('Each workload × policy, means over the seeds (messages: every message a node sends, a gossip publish counted once; steals: requests for work, central pull\'s polls included):'),
       '',
-      markdownTable(policyRows, ['workload', 'policy', 'makespan ÷ LB', 'range', 'per seed', 'makespan s', 'LB s', 'messages/job', 'steals/job', 'wall s']),
+      wrap('"÷ tight bound": against a bound no schedule beats either, which adds to LB the wait for the head everything depends on ' +
+        '(bench/sim/lower-bound.ts: the longest chain to a job at the fastest speed, then the work of its descendants over all capacity).'),
+      '',
+      markdownTable(policyRows, ['workload', 'policy', 'makespan ÷ LB', 'range', 'per seed', '÷ tight bound', 'makespan s', 'LB s', 'messages/job', 'steals/job', 'wall s']),
+      ...(scaleRows.length > 0
+        ? ['', wrap(`**Issue 10's scale targets**, nixpkgs-like: 10,000 jobs on 30 nodes, ${seeds} (target ≤ 1.10 × LB and below both baselines), ` +
+          'and 100,000 jobs on 1,000 nodes, seed 1 (target ≤ 1.15 × LB, the simulation under 60 s of wall time):'), '',
+          markdownTable(scaleRows, ['run', 'policy', 'makespan ÷ LB', '÷ tight bound', 'messages/job', 'wall s'])]
+        : []),
       '',
       wrap(`**Messages and steals per job against mesh size**, meshbuild, ${MESH_WORKLOAD}, ${MESH_JOBS.toLocaleString('en')} jobs, seed 1 ` +
         `(from ${COALESCE_FROM_NODES} nodes on with coalesced gossip):`),
@@ -186,6 +236,7 @@ export async function run (): Promise<BenchRow[]> {
   }
   return [
     ...policyRows.map(r => ({ table: `${JOBS}×${NODES}`, ...r })),
+    ...scaleRows.map(r => ({ table: 'scale targets', ...r })),
     ...meshRows.map(r => ({ table: `mesh size, ${MESH_WORKLOAD}`, policy: 'meshbuild', ...r }))
   ]
 }
