@@ -1,10 +1,12 @@
 // Runs one job in a slot of this node: for a stolen job, first brings the .drv closure and the
 // input outputs from the owner (one path-info round, one nar stream, one nix-store --import);
-// then realises it with the local Nix and classifies the outcome.
+// then realises it with the local Nix and classifies the outcome, timing the build itself.
 import { createWriteStream } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
+import { performance } from 'node:perf_hooks'
 import { storePathBaseName } from '../../protocols/nix/store-path.ts'
+import { MAX_BUILD_MS } from '../../protocols/mesh/messages.ts'
 import { BuildFailure, type StoreBackend } from '../nix/store-backend.ts'
 import type { FailureKind, WorkItem } from '../scheduler/job.ts'
 import type { BuildOutcome } from '../scheduler/scheduler.ts'
@@ -42,7 +44,13 @@ export function buildLogPath (logDir: string, drvPath: string): string {
   return join(logDir, `${storePathBaseName(drvPath)}.log`)
 }
 
-export async function runWorkItem (ctx: BuilderContext, item: WorkItem, signal: AbortSignal): Promise<BuildOutcome> {
+/** How a job went and, for a successful build, how long the realisation took (ms, wall time). */
+export interface WorkResult {
+  outcome: BuildOutcome
+  buildMs?: number
+}
+
+export async function runWorkItem (ctx: BuilderContext, item: WorkItem, signal: AbortSignal): Promise<WorkResult> {
   const { log } = ctx
   try {
     if (item.owner !== ctx.selfId) {
@@ -52,13 +60,15 @@ export async function runWorkItem (ctx: BuilderContext, item: WorkItem, signal: 
   } catch (err) {
     const e = err as Error
     log.warn(`fetching inputs of ${item.drvPath} from ${item.owner} failed: ${e.message}`)
-    return { ok: false, failure: { kind: 'transient', message: `fetching inputs from ${item.owner} failed: ${e.message}` } }
+    return { outcome: { ok: false, failure: { kind: 'transient', message: `fetching inputs from ${item.owner} failed: ${e.message}` } } }
   }
   await mkdir(ctx.logDir, { recursive: true })
   const logFile = createWriteStream(buildLogPath(ctx.logDir, item.drvPath))
   try {
     log.info(`building ${item.drvPath}${item.owner !== ctx.selfId ? ` for ${item.owner}` : ''}`)
     ctx.trace?.phase(item.drvPath, 'build-started', { worker: ctx.selfId, owner: item.owner })
+    // The build alone, inputs already here: what the owner's build history learns from.
+    const started = performance.now()
     const result = await ctx.store.realise(item.drvPath, {
       signal,
       systemFeatures: ctx.systemFeatures,
@@ -66,17 +76,18 @@ export async function runWorkItem (ctx: BuilderContext, item: WorkItem, signal: 
       ...(item.timeout !== undefined ? { timeout: item.timeout } : {}),
       ...(item.maxSilentTime !== undefined ? { maxSilentTime: item.maxSilentTime } : {})
     })
-    log.info(`built ${item.drvPath}`)
-    if (item.check === true) return { ok: true, outputs: result.outputs, narHashes: await narHashesOf(ctx.store, result.outputs) }
-    return { ok: true, outputs: result.outputs }
+    const buildMs = Math.min(MAX_BUILD_MS, Math.max(0, Math.round(performance.now() - started)))
+    log.info(`built ${item.drvPath} in ${buildMs} ms`)
+    if (item.check === true) return { outcome: { ok: true, outputs: result.outputs, narHashes: await narHashesOf(ctx.store, result.outputs) }, buildMs }
+    return { outcome: { ok: true, outputs: result.outputs }, buildMs }
   } catch (err) {
     if (err instanceof BuildFailure) {
       log.warn(`${err.message}`)
-      return { ok: false, failure: { kind: KIND[err.kind], message: err.message, logTail: err.logTail } }
+      return { outcome: { ok: false, failure: { kind: KIND[err.kind], message: err.message, logTail: err.logTail } } }
     }
     const e = err as Error
     log.warn(`building ${item.drvPath} failed: ${e.message}`)
-    return { ok: false, failure: { kind: 'transient', message: e.message } }
+    return { outcome: { ok: false, failure: { kind: 'transient', message: e.message } } }
   } finally {
     logFile.end()
   }

@@ -33,6 +33,8 @@ export interface EffectsInit {
   trust: (peer: string) => PathTrust
   /** Where remote-only jobs' outputs go (the builder socket's root); none without the socket. */
   builderRoot?: Pick<StoreBackend, 'isValid' | 'importNars'>
+  /** A build of this node's own job succeeded in buildMs; called just before the scheduler hears of it. */
+  builtHere?: (drvPath: string, buildMs: number) => void
   log: Logger
   trace?: JobTrace
 }
@@ -44,6 +46,8 @@ export class Effects {
   readonly counters: BuildCounters = { built: 0, failed: 0, stolen: 0 }
   private readonly init: EffectsInit
   private readonly builds = new Map<string, AbortController>()
+  /** Build times of other owners' jobs, while the scheduler turns their build-finished into a report. */
+  private readonly reportTimes = new Map<string, number>()
   private readonly controller = new AbortController()
 
   constructor (init: EffectsInit) {
@@ -57,7 +61,7 @@ export class Effects {
       case 'abort': this.abortBuild(d.owner, d.drvPath, d.reason); break
       case 'steal': void this.steal(d.from, d.want); break
       case 'renew': void this.renew(d.owner, d.drvPaths); break
-      case 'report': void this.report(d.owner, d.drvPath, d.outcome); break
+      case 'report': void this.report(d.owner, d.drvPath, d.outcome, this.reportTimes.get(runKey(d.owner, d.drvPath))); break
       case 'import': void this.importOutputs(d.from, d.drvPath, d.outputs, d.narHashes, d.remoteOnly === true); break
       case 'sign': this.init.signQueue.add(d.paths); break
       case 'discard': void this.discardOutputs(d.drvPath, d.paths); break
@@ -100,7 +104,7 @@ export class Effects {
       cache: () => this.init.cacheRef(),
       trust: (peer: string) => this.init.trust(peer),
       trace: this.init.trace ?? NO_TRACE
-    }, item, controller.signal).then(async (outcome) => {
+    }, item, controller.signal).then(async ({ outcome, buildMs }) => {
       this.builds.delete(key)
       if (controller.signal.aborted) return
       if (outcome.ok) {
@@ -114,7 +118,13 @@ export class Effects {
         this.counters.failed++
       }
       if (item.owner === selfId) this.init.trace?.phase(item.drvPath, 'build-finished', { owner: selfId, ok: outcome.ok })
+      // The time goes with the report to the owner, or to this node's history for its own job.
+      if (outcome.ok && buildMs !== undefined) {
+        if (item.owner === selfId) this.init.builtHere?.(item.drvPath, buildMs)
+        else this.reportTimes.set(key, buildMs)
+      }
       this.init.dispatch({ type: 'build-finished', owner: item.owner, drvPath: item.drvPath, outcome })
+      this.reportTimes.delete(key)
     })
   }
 
@@ -156,11 +166,11 @@ export class Effects {
   }
 
   /** Tells the owner how a stolen job went, retrying while the owner is unreachable. */
-  private async report (owner: string, drvPath: string, outcome: BuildOutcome): Promise<void> {
+  private async report (owner: string, drvPath: string, outcome: BuildOutcome, buildMs: number | undefined): Promise<void> {
     const deadline = Date.now() + REPORT_GIVE_UP_MS
     while (!this.stopping) {
       try {
-        await requestResult(this.init.network, owner, drvPath, outcome)
+        await requestResult(this.init.network, owner, drvPath, outcome, buildMs)
         return
       } catch (err) {
         if (Date.now() > deadline) {

@@ -13,9 +13,11 @@ import type { StoreBackend } from '../nix/store-backend.ts'
 import type { Scheduler } from '../scheduler/scheduler.ts'
 import { loadOrCreateNodeKey } from '../signer/node-key.ts'
 import { SignQueue } from '../signer/sign-queue.ts'
+import { BuildHistory } from '../state/build-history.ts'
 import { StateDb } from '../state/state-db.ts'
 import { Announcer } from './announcer.ts'
 import { BuildLogs, type SourcedFrame } from './build-logs.ts'
+import { BuildTimes } from './build-times.ts'
 import { DispatchLoop } from './dispatch-loop.ts'
 import { traceDecisions } from './job-trace.ts'
 import { Effects, type BuildCounters } from './effects.ts'
@@ -42,6 +44,7 @@ export class MeshNode {
   readonly network: MeshNetwork
   readonly store: StoreBackend
   private readonly db: StateDb
+  private readonly buildHistory: BuildHistory
   private readonly peers = new PeerTable(PEER_EXPIRY_MS)
   private loop!: DispatchLoop
   private announcer!: Announcer
@@ -69,6 +72,7 @@ export class MeshNode {
       this.closeStore = () => { store.close() }
     }
     this.db = new StateDb(join(options.dataDir, 'state'))
+    this.buildHistory = new BuildHistory(this.db)
   }
 
   static async start (options: NodeOptions): Promise<MeshNode> {
@@ -100,6 +104,8 @@ export class MeshNode {
     const { options: o, network, store, db, peers } = this
     const log = o.log
     await db.open()
+    const history = this.buildHistory
+    await history.load()
     await network.start()
     const nodeKey = await loadOrCreateNodeKey(o.dataDir, network.peerId)
     const signQueue = this.signQueue = new SignQueue(db, store, nodeKey, log.child('sign'))
@@ -110,6 +116,12 @@ export class MeshNode {
     const scheduler = loop.scheduler
     const dispatch = loop.dispatch.bind(loop)
     const cacheRef = (): CacheRef | undefined => signerLink.cacheRef()
+    // Build times of accepted results, by name, for the estimates of later submissions.
+    const buildTimes = new BuildTimes({
+      history, selfId: network.peerId, selfSpeedFactor: o.speedFactor,
+      speedFactor: (peer) => peers.get(peer)?.beacon.speedFactor,
+      job: (drvPath) => scheduler.job(drvPath)
+    })
     const trust = { own: nodeKey.public, peers, ...(o.trustedKeys !== undefined ? { trustedKeys: o.trustedKeys } : {}) }
     const builder = this.builder = o.serveBuilder === true
       ? new BuilderService({
@@ -128,10 +140,11 @@ export class MeshNode {
       stolenItems: () => scheduler.stolenItems(),
       flush: async () => { await db.flush() },
       trust: (peer) => peerTrust(trust, peer),
+      builtHere: buildTimes.builtHere,
       ...(builder !== undefined ? { builderRoot: builder.root } : {}),
       ...(o.trace !== undefined ? { trace: o.trace } : {})
     })
-    this.submissions = new Submissions({ store, scheduler, db, dispatch, cacheRef, log })
+    this.submissions = new Submissions({ store, scheduler, db, dispatch, cacheRef, log, estimate: (drvPath) => history.estimate(drvPath) })
     this.announcer = new Announcer({
       network, scheduler, options: o, log,
       signingKey: formatPublicKey(nodeKey.public),
@@ -151,7 +164,7 @@ export class MeshNode {
       peers: () => peers.list().map(p => p.peerId),
       deriver: async (path) => (await store.queryPathInfos([path])).get(path)?.deriver
     })
-    for (const s of [this.effects, this.submissions, this.announcer, buildLogs]) loop.subscribe(s.onDecision)
+    for (const s of [this.effects, this.submissions, this.announcer, buildLogs, buildTimes]) loop.subscribe(s.onDecision)
     const metrics = new NodeMetrics({
       slots: () => ({ total: o.maxJobs, busy: scheduler.runningItems().length }),
       jobStates: () => scheduler.jobStateCounts(),
@@ -176,7 +189,7 @@ export class MeshNode {
     this.unserve.push(
       await serveSteal(network, { dispatch, leaseMs: () => scheduler.config.leaseMs, log }),
       await serveLease(network, { dispatch, log }),
-      await serveResult(network, { dispatch, knows: (drvPath) => scheduler.job(drvPath) !== undefined }),
+      await serveResult(network, { dispatch, knows: (drvPath) => scheduler.job(drvPath) !== undefined, buildTime: buildTimes.reported }),
       await serveStore(network, store, log.child('store'), nodeKey.secret),
       await serveLog(network, buildLogs.local, log.child('logs'))
     )
@@ -247,6 +260,7 @@ export class MeshNode {
       submissionReport: (id) => this.submissions.report(id),
       counters: this.counters,
       signQueuePending: () => this.signQueue.pending(),
+      buildHistory: () => ({ names: this.buildHistory.names, entries: this.buildHistory.size, maxEntries: this.buildHistory.maxEntries }),
       signer: () => this.signerLink.status(),
       ...(this.httpUrl !== undefined ? { httpUrl: this.httpUrl } : {}),
       ...(builder !== undefined ? { builder: () => builder.status() } : {})

@@ -1,5 +1,5 @@
 // The `status` report: this node, its peers as their beacons describe them, submissions,
-// counters, penalties, the sign queue, and the signer and cache.
+// counters, penalties, the sign queue, the build history, and the signer and cache.
 import { OPEN_MESH_SECRET } from '../../protocols/mesh/constants.ts'
 import type { Beacon } from '../../protocols/mesh/messages.ts'
 import type { Scheduler } from '../scheduler/scheduler.ts'
@@ -17,6 +17,7 @@ export interface StatusSources {
   submissionReport: (id: string) => SubmissionReport | undefined
   counters: BuildCounters
   signQueuePending: () => number
+  buildHistory?: () => NonNullable<StatusReport['buildHistory']>
   signer: () => { signer?: SignerStatus, cache: CacheStatus }
   /** The HTTP listener's base URL, when the node has one. */
   httpUrl?: string
@@ -53,6 +54,7 @@ export function nodeStatus (src: StatusSources): StatusReport {
     penalties: network.penalties(),
     refusedStreams: network.refusedStreams(),
     signQueue: src.signQueuePending(),
+    ...(src.buildHistory !== undefined ? { buildHistory: src.buildHistory() } : {}),
     ...src.signer(),
     ...(src.httpUrl !== undefined ? { http: { url: src.httpUrl, metrics: `${src.httpUrl}/metrics` } } : {}),
     ...(src.builder !== undefined ? { builder: src.builder() } : {})

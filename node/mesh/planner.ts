@@ -1,6 +1,7 @@
 // Turns a list of .drv paths into a submission: reads each derivation and the input derivations
 // it needs, drops those whose outputs are already valid locally (they and their inputs need no
-// build), and records what remains as jobs with their dependencies.
+// build), and records what remains as jobs with their dependencies, each with the build time
+// its name took before when the build history knows it.
 import { readFileSync } from 'node:fs'
 import { inputDrvPaths, outputPaths, parseDerivation, requiredSystemFeatures, type Derivation } from '../../protocols/nix/derivation.ts'
 import type { StoreBackend } from '../nix/store-backend.ts'
@@ -22,6 +23,8 @@ export interface PlanOptions {
   remoteOnly?: boolean
   /** Asks the shared cache (when there is one) which output paths it can substitute. */
   substitutable?: (paths: string[]) => Promise<Set<string>>
+  /** A derivation's build time at speed factor 1 from earlier builds of its name (BuildHistory.estimate), synchronous. */
+  estimate?: (drvPath: string) => number | undefined
 }
 
 /** Derivations read between two turns of the event loop. */
@@ -93,6 +96,8 @@ export async function planSubmission (store: StoreBackend, requested: string[], 
   const jobSet = new Set(jobs.map(j => j.drvPath))
   for (const j of jobs) {
     j.inputJobs = inputDrvPaths(drvs.get(j.drvPath) as Derivation).filter(i => jobSet.has(i))
+    const ms = options.estimate?.(j.drvPath)
+    if (ms !== undefined) j.estimatedMs = ms
   }
   return {
     id: options.id,

@@ -87,6 +87,8 @@ export interface StatusReport {
   cache?: CacheStatus
   /** Outputs built here that the signer has not stored yet. */
   signQueue: number
+  /** The build history (node/state/build-history.ts): derivation names with a time, entries with package names, the bound. */
+  buildHistory?: { names: number, entries: number, maxEntries: number }
   /** awaitingSecondBuilder: checked jobs built once, waiting for a peer that has not built them. */
   submissions: Array<{ id: string, state: SubmissionReport['state'], counts: SubmissionReport['counts'], submittedAt: string, awaitingSecondBuilder?: number }>
   counters: { built: number, failed: number, stolen: number }

@@ -22,6 +22,8 @@ export interface SubmissionsInit {
   db: Pick<StateDb, 'putJob' | 'putSubmission' | 'flush' | 'loadSubmissions' | 'loadJobs'>
   dispatch: (event: SchedulerEvent) => Decision[]
   cacheRef: () => CacheRef | undefined
+  /** Earlier build times by derivation name (BuildHistory.estimate): the jobs' estimatedMs. */
+  estimate?: (drvPath: string) => number | undefined
   log: Logger
 }
 
@@ -59,8 +61,10 @@ export class Submissions {
     // Not for the builder socket: plain Nix holds the outputs' locks in this store, and it
     // substitutes from the caches it trusts itself before it asks a builder.
     const cache = options.remoteOnly === true ? undefined : this.init.cacheRef()
+    const estimate = this.init.estimate
+    const planned = { ...(estimate !== undefined ? { estimate } : {}) }
     let spec = await planSubmission(store, drvPaths, {
-      id, now: Date.now(), ...options,
+      id, now: Date.now(), ...options, ...planned,
       ...(cache !== undefined ? { substitutable: async (paths: string[]) => await cachedPaths(cache, paths) } : {})
     })
     if (cache !== undefined) {
@@ -73,10 +77,11 @@ export class Submissions {
         if (missing.length > 0) log.info(`substituted ${missing.length} output(s) from the shared cache`)
       } catch (err) {
         log.warn(`substituting from ${cache.url} failed, building instead: ${(err as Error).message}`)
-        spec = await planSubmission(store, drvPaths, { id, now: Date.now(), ...options })
+        spec = await planSubmission(store, drvPaths, { id, now: Date.now(), ...options, ...planned })
       }
     }
-    log.info(`submission ${id}: ${drvPaths.length} requested, ${spec.jobs.length} to build, ${spec.substituted.length} already available`)
+    const estimated = spec.jobs.filter(j => j.estimatedMs !== undefined).length
+    log.info(`submission ${id}: ${drvPaths.length} requested, ${spec.jobs.length} to build (${estimated} with a build time from earlier builds), ${spec.substituted.length} already available`)
     this.init.dispatch({ type: 'submit', submission: spec })
     const s = this.init.scheduler.submission(id)
     // A submission with nothing to build has finished already and been recorded as such.

@@ -1,5 +1,5 @@
 // Durable state in LevelDB: submissions and the jobs of this node as owner, written on every
-// change so that a restarted node resumes where it stopped. One sublevel per kind of record;
+// change so that a restarted node resumes where it stopped; the sign queue; build times by name. One sublevel per kind of record;
 // writes are queued in order and a failed one is logged and reported by the next flush().
 import { Level } from 'level'
 import type { AbstractSublevel } from 'abstract-level'
@@ -11,6 +11,9 @@ export interface SubmissionRecord extends Submission {
 }
 
 interface SignEntry { at: number }
+
+/** A name's build time at speed factor 1 (build-history.ts): smoothed ms, samples taken, last update. */
+export interface BuildTimeRecord { ms: number, count: number, at: number }
 
 /** One or more queued writes failed; the state on disk lacks them. */
 export class StateWriteError extends Error {
@@ -24,6 +27,7 @@ export class StateDb {
   private readonly jobs: Sub<Job>
   private readonly submissions: Sub<SubmissionRecord>
   private readonly signs: Sub<SignEntry>
+  private readonly times: Sub<BuildTimeRecord>
   private readonly log: Logger | undefined
   private writes: Promise<void> = Promise.resolve()
   /** Writes that failed since the last flush(), in order. */
@@ -34,6 +38,7 @@ export class StateDb {
     this.jobs = this.db.sublevel<string, Job>('job', { valueEncoding: 'json' })
     this.submissions = this.db.sublevel<string, SubmissionRecord>('sub', { valueEncoding: 'json' })
     this.signs = this.db.sublevel<string, SignEntry>('sign', { valueEncoding: 'json' })
+    this.times = this.db.sublevel<string, BuildTimeRecord>('time', { valueEncoding: 'json' })
     this.log = log
   }
 
@@ -76,6 +81,22 @@ export class StateDb {
   async signQueue (): Promise<string[]> {
     await this.writes
     return await this.signs.keys().all()
+  }
+
+  /** Build-time records written and keys removed, as one batch (queued like every write). */
+  putBuildTimes (put: Array<[string, BuildTimeRecord]>, del: string[] = []): void {
+    if (put.length === 0 && del.length === 0) return
+    this.enqueue(`build times +${put.length} -${del.length}`, async () => {
+      await this.times.batch([
+        ...del.map(key => ({ type: 'del' as const, key })),
+        ...put.map(([key, value]) => ({ type: 'put' as const, key, value }))
+      ])
+    })
+  }
+
+  async loadBuildTimes (): Promise<Array<[string, BuildTimeRecord]>> {
+    await this.writes
+    return await this.times.iterator().all()
   }
 
   /**

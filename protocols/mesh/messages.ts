@@ -110,12 +110,17 @@ export type LeaseReply = ReturnType<typeof validateLeaseReply>
 
 export const FAILURE_KINDS = ['build-failed', 'timed-out', 'hash-mismatch', 'not-deterministic', 'transient'] as const
 
+/** Bound of a reported build time: 30 days, longer than any build a lease would survive. */
+export const MAX_BUILD_MS = 30 * 24 * 3600 * 1000
+
 export const validateResultReport = validator('result report', obj({
   drvPath: storePath,
   ok: bool,
   outputs: optional(record(storePath, 64, name)),
   /** For a checked job: output name -> NAR hash of the output as built. */
   narHashes: optional(record(narHash, 64, name)),
+  /** With ok: wall time of the build itself on the worker (ms, not the input fetch); absent from older peers. */
+  buildMs: optional(int(0, MAX_BUILD_MS)),
   failure: optional(obj({
     kind: oneOf(FAILURE_KINDS),
     message: str(4096),

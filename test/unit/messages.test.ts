@@ -128,6 +128,10 @@ const cases: Array<[Kind, string, unknown, RegExp]> = [
   ['result report', 'failure.message', 'x'.repeat(4097), /^result report\.failure\.message: longer than 4096 characters$/],
   ['result report', 'failure.logTail', many(201, 'line'), /^result report\.failure\.logTail: more than 200 items$/],
   ['result report', 'failure', 'it broke', /^result report\.failure: expected an object$/],
+  ['result report', 'buildMs', -1, /^result report\.buildMs: -1 is outside 0\.\.2592000000$/],
+  ['result report', 'buildMs', 1.5, /^result report\.buildMs: not an integer$/],
+  ['result report', 'buildMs', '1000', /^result report\.buildMs: not an integer$/],
+  ['result report', 'buildMs', 30 * 24 * 3600 * 1000 + 1, /^result report\.buildMs: 2592000001 is outside 0\.\.2592000000$/],
   ['result ack', 'accepted', DELETE, /^result ack\.accepted: expected true or false$/],
   // store paths
   ['path-info request', 'roots', [P, 'garbage'], /^path-info request\.roots\[1\]: 'garbage' is malformed$/],
@@ -181,6 +185,13 @@ describe('mesh message validators', () => {
   it('treat null optional fields as absent', () => {
     const out = validateLeaseRequest({ renew: [], release: null })
     assert.deepEqual(out, { renew: [] })
+  })
+
+  it("pass a successful report's build time on, and accept one without (an older peer)", () => {
+    const ok = { drvPath: DRV, ok: true, outputs: { out: P } }
+    assert.equal(validateResultReport({ ...ok, buildMs: 1234 }).buildMs, 1234)
+    assert.equal(validateResultReport({ ...ok, buildMs: 0 }).buildMs, 0)
+    assert.deepEqual(validateResultReport(ok), ok)
   })
 
   it('keep an output named __proto__ as an output, never as a prototype', () => {
