@@ -5,6 +5,7 @@
 // (speed factor 3) is recorded × 3. `status` shows how many names the history holds.
 import { describe, it, after } from 'node:test'
 import assert from 'node:assert/strict'
+import { renderStatus } from '../../node/cli/commands/status.ts'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import type { MeshNode } from '../../node/mesh/mesh-node.ts'
@@ -41,6 +42,7 @@ describe('build history', { timeout: 120_000 }, () => {
     nodes.add(b)
     await waitFor(() => a.status().peers.some(p => p.peerId === b.peerId && p.speedFactor === 2), 20_000, 'A to hear B')
     assert.equal(a.status().buildHistory?.names, 0)
+    assert.match(renderStatus(a.status(), new Date()), /^Build times: none known yet/m)
 
     // A letter after the first dash: the package name is hist-t<hex>, the version what follows.
     const pkg = `hist-t${randomBytes(4).toString('hex')}`
@@ -78,6 +80,7 @@ describe('build history', { timeout: 120_000 }, () => {
     a = await startLoopbackNode(join(dir, 'a'), SECRET, { log: createLogger('a', 'error'), maxJobs: 1, speedFactor: 3 })
     nodes.add(a)
     assert.equal(a.status().buildHistory?.names, 2, 'hist-…-1.0 and hist-…-2.0')
+    assert.match(renderStatus(a.status(), new Date()), /^Build times: 2 derivation name\(s\) known from earlier builds/m)
     const third = await drvOf('3.0', 'four')
     const localStart = Date.now()
     const id3 = await a.submit([third], { priority: 0 })

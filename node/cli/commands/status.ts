@@ -69,6 +69,12 @@ export function renderStatus (s: StatusReport, now: Date): string {
     out += `Builder socket: ${b.socket} (nix.conf: builders = @${b.machinesFile}); ${b.connections} connection(s); plain Nix builds: ${b.builds.built} built, ${b.builds.failed} failed, ${b.builds.running} running\n`
     out += `  machines file: ${b.machines === '' ? '(empty: no peer builds, Nix builds locally)' : b.machines}\n`
   }
+  if (s.buildHistory !== undefined) {
+    const h = s.buildHistory
+    out += h.names === 0
+      ? 'Build times: none known yet (jobs are ordered by the number of jobs they unblock until this node has seen builds)\n'
+      : `Build times: ${h.names} derivation name(s) known from earlier builds (${h.entries} of at most ${h.maxEntries} entries with package names): new jobs of those names are planned with them\n`
+  }
   if (s.signer === undefined) {
     out += `Signer: none online${s.signQueue > 0 ? `; ${s.signQueue} output(s) of this node wait for one` : ''}\n`
   } else {
