@@ -90,7 +90,16 @@ interface MeshNode {
   announceDue: boolean
   lastSignature: string
   lastPublishAt: number
+  capabilitiesJson?: string
+  beaconCapabilities?: { systems: string[], features: string[], mandatoryFeatures: string[] }
+  /** Its timers' callbacks, made once: a node schedules millions of them. */
+  onBeacon: () => void
+  onTick: () => void
+  onAnnounce: () => void
 }
+
+/** The tick event, one for all: a scheduler keeps no event. */
+const TICK: SchedulerEvent = { type: 'tick' }
 
 const TERMINAL: ReadonlySet<JobState> = new Set(['built', 'substituted', 'failed', 'dependency-failed'])
 
@@ -169,7 +178,10 @@ export class MeshbuildPolicy implements Policy {
       })
       const n: MeshNode = {
         spec, index: spec.index, id: spec.id, scheduler, runs: new Map(),
-        beaconSeq: 0, offerSeq: 0, lastOfferEmpty: true, announceDue: false, lastSignature: '', lastPublishAt: 0
+        beaconSeq: 0, offerSeq: 0, lastOfferEmpty: true, announceDue: false, lastSignature: '', lastPublishAt: 0,
+        onBeacon: () => { this.beaconTimer(n) },
+        onTick: () => { this.tickTimer(n) },
+        onAnnounce: () => { if (n.announceDue) this.publish(n) }
       }
       this.byId.set(spec.id, n)
       return n
@@ -190,8 +202,8 @@ export class MeshbuildPolicy implements Policy {
     for (const n of this.nodes) {
       // Each node started at its own moment: its timers run with their own phase.
       const phase = this.w.random()
-      this.w.at(phase * BEACON_INTERVAL_MS, KIND.beacon, n.index, 0, () => { this.beaconTimer(n) })
-      this.w.at(phase * TICK_MS, KIND.tick, n.index, 0, () => { this.tickTimer(n) })
+      this.w.at(phase * BEACON_INTERVAL_MS, KIND.beacon, n.index, 0, n.onBeacon)
+      this.w.at(phase * TICK_MS, KIND.tick, n.index, 0, n.onTick)
     }
     for (let o = 0; o < this.owners; o++) {
       const owner = this.nodes[o] as MeshNode
@@ -328,7 +340,7 @@ export class MeshbuildPolicy implements Policy {
     const decisions = n.scheduler.handle(event, this.w.now)
     this.w.counters.handleCalls++
     for (const d of decisions) this.apply(n, d)
-    this.w.idle.setBusy(n.index, n.scheduler.runningItems().length, this.w.now)
+    this.w.idle.setBusy(n.index, n.scheduler.runningCount(), this.w.now)
   }
 
   private apply (n: MeshNode, d: Decision): void {
@@ -368,13 +380,13 @@ export class MeshbuildPolicy implements Policy {
   private beaconTimer (n: MeshNode): void {
     if (!this.w.isAlive(n.index) || this.finished()) return
     this.publish(n)
-    this.w.at(this.w.now + BEACON_INTERVAL_MS, KIND.beacon, n.index, 0, () => { this.beaconTimer(n) })
+    this.w.at(this.w.now + BEACON_INTERVAL_MS, KIND.beacon, n.index, 0, n.onBeacon)
   }
 
   private tickTimer (n: MeshNode): void {
     if (!this.w.isAlive(n.index) || this.finished()) return
-    this.dispatch(n, { type: 'tick' })
-    this.w.at(this.w.now + TICK_MS, KIND.tick, n.index, 0, () => { this.tickTimer(n) })
+    this.dispatch(n, TICK)
+    this.w.at(this.w.now + TICK_MS, KIND.tick, n.index, 0, n.onTick)
   }
 
   // --- gossip (announcer.ts, peer-table.ts) --------------------------------------------------
@@ -382,7 +394,7 @@ export class MeshbuildPolicy implements Policy {
   private announceSoon (n: MeshNode): void {
     if (n.announceDue) return
     n.announceDue = true
-    this.w.at(this.w.now + ANNOUNCE_DELAY_MS, KIND.announce, n.index, 0, () => { if (n.announceDue) this.publish(n) })
+    this.w.at(this.w.now + ANNOUNCE_DELAY_MS, KIND.announce, n.index, 0, n.onAnnounce)
   }
 
   private publish (n: MeshNode): void {
@@ -390,15 +402,20 @@ export class MeshbuildPolicy implements Policy {
     n.announceDue = false
     n.lastPublishAt = this.w.now
     const s = n.scheduler
-    const caps = n.spec.capabilities
+    // One copy of its capabilities for all its beacons: nobody changes a beacon once sent.
+    const caps = n.beaconCapabilities ??= {
+      systems: [...n.spec.capabilities.systems],
+      features: [...n.spec.capabilities.features],
+      mandatoryFeatures: [...n.spec.capabilities.mandatoryFeatures]
+    }
     const beacon: Beacon = {
       v: 1,
       seq: ++n.beaconSeq,
-      systems: [...caps.systems],
-      features: [...caps.features],
-      mandatoryFeatures: [...caps.mandatoryFeatures],
+      systems: caps.systems,
+      features: caps.features,
+      mandatoryFeatures: caps.mandatoryFeatures,
       maxJobs: n.spec.slots,
-      running: s.runningItems().length,
+      running: s.runningCount(),
       queued: s.queuedCount(),
       speedFactor: n.spec.speedFactor,
       load: 0,
@@ -436,7 +453,9 @@ export class MeshbuildPolicy implements Policy {
       const slots = this.owners > 1 ? `|${last.ownerSlots ?? 0}` : ''
       // And their claims: a claim dropped is another owner's cue to fetch the outputs.
       const claimed = this.gossipClaims ? `|${JSON.stringify(last.claims ?? null)}` : ''
-      const signature = `${last.queued}|${last.maxJobs}|${last.speedFactor}|${JSON.stringify(last.offers)}|${JSON.stringify(last.capabilities)}${slots}${claimed}`
+      // A node's capabilities never change: their JSON is made once.
+      n.capabilitiesJson ??= JSON.stringify(last.capabilities)
+      const signature = `${last.queued}|${last.maxJobs}|${last.speedFactor}|${JSON.stringify(last.offers)}|${n.capabilitiesJson}${slots}${claimed}`
       if (signature === n.lastSignature) return
       n.lastSignature = signature
       this.deliver(n, [last])
@@ -449,6 +468,8 @@ export class MeshbuildPolicy implements Policy {
   private deliver (from: MeshNode, views: PeerView[]): void {
     const total = this.spread.length
     const origin = this.positionInSpread[from.index] as number
+    // One event per view for all receivers: a scheduler keeps the view, never the event.
+    const events: SchedulerEvent[] = views.map(peer => ({ type: 'peer-seen', peer }))
     let offset = 1
     let hop = 1
     let width = this.w.cal.gossipFanout
@@ -461,9 +482,9 @@ export class MeshbuildPolicy implements Policy {
         for (let k = begin; k < end; k++) {
           const r = this.nodes[this.spread[(origin + k) % total] as number] as MeshNode
           if (!this.w.isAlive(r.index)) continue
-          for (const peer of views) {
+          for (const event of events) {
             this.w.counters.gossipDeliveries++
-            this.dispatch(r, { type: 'peer-seen', peer })
+            this.dispatch(r, event)
           }
         }
       })

@@ -108,13 +108,14 @@ export class World {
   /** Processes events until `done()` or the agenda empties; throws past `limitMs`. */
   run (done: () => boolean, limitMs: number): void {
     while (!done()) {
-      const e = this.queue.pop()
-      if (e === undefined) throw new SimInvariantError(`at ${(this.now / 1000).toFixed(3)} s nothing is left to happen, yet the run has not finished: jobs are stuck`)
-      if (e.time > limitMs) throw new SimInvariantError(`the run passed its limit of ${(limitMs / 1000).toFixed(0)} s of simulated time without finishing`)
-      this.now = e.time
+      const time = this.queue.peekTime()
+      if (time === undefined) throw new SimInvariantError(`at ${(this.now / 1000).toFixed(3)} s nothing is left to happen, yet the run has not finished: jobs are stuck`)
+      if (time > limitMs) throw new SimInvariantError(`the run passed its limit of ${(limitMs / 1000).toFixed(0)} s of simulated time without finishing`)
+      const e = this.queue.pop() as SimEvent
+      this.now = time
       this.counters.events++
-      this.trace.add(e.time, e.item.kind, e.item.node, e.item.detail)
-      e.item.run()
+      this.trace.add(time, e.kind, e.node, e.detail)
+      e.run()
     }
   }
 
@@ -195,17 +196,16 @@ export class World {
 
   private rescheduleUplink (u: Uplink, node: number): void {
     const generation = ++u.generation
-    const next = u.flows.peek()
+    const next = u.flows.peekTime()
     if (next === undefined) return
-    const end = this.now + Math.max(0, next.time - u.served) * u.flows.size / this.cal.narBytesPerMs
+    const end = this.now + Math.max(0, next - u.served) * u.flows.size / this.cal.narBytesPerMs
     this.at(end, KIND.flowEnd, node, u.flows.size, () => {
       if (generation !== u.generation) return
       this.advanceUplink(u)
       const finished: Array<() => void> = []
       // Tags within a byte of what is served count as served: floating-point slack.
-      for (let top = u.flows.peek(); top !== undefined && top.time <= u.served + 1; top = u.flows.peek()) {
-        u.flows.pop()
-        finished.push(top.item)
+      for (let top = u.flows.peekTime(); top !== undefined && top <= u.served + 1; top = u.flows.peekTime()) {
+        finished.push(u.flows.pop() as () => void)
       }
       this.rescheduleUplink(u, node)
       for (const f of finished) f()

@@ -138,15 +138,21 @@ interface Running {
 }
 
 const SUCCESS: ReadonlySet<JobState> = new Set(['built', 'substituted'])
+const NO_JOBS: readonly Job[] = []
 
 export class Scheduler {
   readonly config: SchedulerConfig
+  /** config.selfId and config.maxJobs, read on every event (fields here, not loads through config). */
+  private readonly selfId: string
+  private readonly maxJobs: number
   private now = 0
   private readonly random: () => number
   private readonly jobs = new Map<string, Job>()
   private readonly submissions = new Map<string, Submission>()
   private readonly finished = new Set<string>()
   private readonly running = new Map<string, Running>()
+  /** running.size, kept after each change: schedule() reads it on every event. */
+  private runningSize = 0
   private readonly peers = new Map<string, PeerView>()
   private readonly stealBackoff = new Map<string, number>()
   /** Empty replies in a row from each peer: the back-off doubles with each, up to MAX_BACKOFF_DOUBLINGS. */
@@ -171,6 +177,8 @@ export class Scheduler {
   /** Since when each deferred job has been deferred to that peer. */
   private readonly deferredSince = new Map<string, number>()
   private readonly claimHold = new Map<string, number>()
+  /** Whether claimHold, claimsByPeer, deferredTo or claimedBy ever held anything: until then reviewClaims has nothing to do. */
+  private claimsSeen = false
   /** Jobs whose outputs are being fetched from the owner they were deferred to. */
   private readonly claimFetches = new Set<string>()
   /**
@@ -190,8 +198,24 @@ export class Scheduler {
    * The ready jobs most urgent first (priority, then longest remaining path, then first known),
    * kept by changed() like readySince: schedule and steal requests walk it instead of sorting.
    */
-  private readonly readyOrder: Job[] = []
-  private readonly inReadyOrder = new Set<string>()
+  private readonly readyOrder = new ReadyQueue()
+  /** Per input drvPath: the jobs in readyOrder that list it (a thief's affinity: stealOrder). */
+  private readonly readyDependents = new Map<string, Set<Job>>()
+  /**
+   * Per peer, by the priority and path of their place in readyOrder: the jobs in readyOrder with
+   * inputs that peer built, and how many (its affinity to them as a thief: stealOrder).
+   */
+  private readonly affinity = new Map<string, Map<number, Map<number, Map<ReadyEntry, number>>>>()
+  /** The known peers' speed factors, counted: the fastest one without a scan of every peer. */
+  private readonly peerSpeeds = new Map<number, number>()
+  /** No peer's lease lapses before this (a lower bound): the tick skips its scan of the leases until then. */
+  private leaseCheckAt = Infinity
+  /** No stolen build needs a renewal or an abort before this (a lower bound, 1 ms early): the tick's scan of running builds. */
+  private runningCheckAt = Infinity
+  /** Ready jobs by requirementsKey, for offer() while nothing is held or claimed (no ready job is then unstartable). */
+  private readonly readyGroups = new Map<string, OfferEntry>()
+  /** Two jobs with one requirementsKey but different feature lists: offer() must take the slow way. */
+  private readyGroupsAmbiguous = false
   /** The leased jobs (kept by changed(), like readySince): the tick's lease checks and ownerSlots. */
   private readonly leased = new Set<string>()
   /** Each peer's capabilities as a string, to group free slots by them without re-encoding. */
@@ -202,6 +226,8 @@ export class Scheduler {
 
   constructor (config: SchedulerConfig) {
     this.config = config
+    this.selfId = config.selfId
+    this.maxJobs = config.maxJobs
     this.random = seededRandom(config.seed)
   }
 
@@ -257,6 +283,11 @@ export class Scheduler {
     return this.finished.has(id)
   }
 
+  /** How many builds run in this node's slots (runningItems().length without the copy). */
+  runningCount (): number {
+    return this.runningSize
+  }
+
   /** Builds running in this node's slots: its own jobs and stolen ones. */
   runningItems (): WorkItem[] {
     return [...this.running.values()].map(r => r.item)
@@ -293,6 +324,12 @@ export class Scheduler {
 
   /** Ready jobs it will not start now, grouped for the offer gossip; empty when there are none. */
   offer (): OfferEntry[] {
+    if (!this.readyGroupsAmbiguous && this.claimHold.size === 0 && this.claimsByPeer.size === 0 && this.deferredTo.size === 0 && this.claimedBy.size === 0) {
+      // Nothing held or claimed: every ready job is startable, and readyGroups counts them.
+      if (this.readyGroups.size === 0) return []
+      return [...this.readyGroups].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
+        .map(([, g]) => ({ system: g.system, requiredFeatures: [...g.requiredFeatures], count: g.count }))
+    }
     const groups = new Map<string, OfferEntry>()
     for (const j of this.readyJobs()) {
       if (!this.startable(j)) continue
@@ -371,7 +408,7 @@ export class Scheduler {
       // Not the builder socket's: nobody claims those (claims.ts), and each is a submission of its own.
       for (const s of spec.jobs) {
         const job = this.jobs.get(s.drvPath)
-        if (job?.state === 'ready' && job.remoteOnly !== true) this.claimHold.set(s.drvPath, this.now + CLAIM_HOLD_MS)
+        if (job?.state === 'ready' && job.remoteOnly !== true) { this.claimHold.set(s.drvPath, this.now + CLAIM_HOLD_MS); this.claimsSeen = true }
       }
     }
     this.checkSubmission(spec.id)
@@ -388,6 +425,7 @@ export class Scheduler {
       } else if (job.state === 'leased') {
         // A peer may still be building it: give it a fresh lease to renew or report on.
         job.leaseExpires = this.now + this.config.leaseMs
+        this.leaseCheckAt = Math.min(this.leaseCheckAt, job.leaseExpires)
       } else if (job.state === 'importing' && job.worker !== undefined) {
         // Built elsewhere; fetch the outputs again rather than build again.
         this.out.push(this.importDecision(job, job.worker))
@@ -416,6 +454,7 @@ export class Scheduler {
       job.worker = from
       job.grantedTo = [...new Set([...(job.grantedTo ?? []), from])]
       job.leaseExpires = this.now + this.config.leaseMs
+      this.leaseCheckAt = Math.min(this.leaseCheckAt, job.leaseExpires)
       this.changed(job)
     }
     this.out.push({ type: 'grant', requestId, to: from, items: granted.map(j => this.workItem(j)), leaseMs: this.config.leaseMs })
@@ -427,6 +466,7 @@ export class Scheduler {
       const job = this.jobs.get(p)
       if (job?.state === 'leased' && job.worker === from) {
         job.leaseExpires = this.now + this.config.leaseMs
+        this.leaseCheckAt = Math.min(this.leaseCheckAt, job.leaseExpires)
       } else {
         lost.push(p)
       }
@@ -499,9 +539,10 @@ export class Scheduler {
   }
 
   private onPeerSeen (peer: PeerView): void {
-    if (peer.peerId !== this.config.selfId) this.peerClaims(peer.peerId, peer.claims)
+    const other = peer.peerId !== this.selfId
+    if (other) this.peerClaims(peer.peerId, peer.claims)
     const before = this.peers.get(peer.peerId)
-    if (peer.peerId !== this.config.selfId) {
+    if (other) {
       if (before !== undefined) {
         this.peerFreeSlots -= freeSlots(before)
         this.peerCapacity -= before.maxJobs * before.speedFactor
@@ -517,8 +558,10 @@ export class Scheduler {
     // A thief that just reported a build to this owner asks at its next growth in any case: that
     // is likely the job's dependent, whose input it holds (once per report, so still O(1) a job).
     const backedOff = (this.stealBackoff.get(peer.peerId) ?? 0) > this.now
+    let buildable: number | undefined
     if (before !== undefined && backedOff) {
-      const growth = this.buildableCount(peer.offers) - this.buildableCount(before.offers)
+      buildable = this.buildableCount(peer.offers)
+      const growth = buildable - this.buildableCount(before.offers)
       if (growth > 0) {
         const free = Math.max(1, this.peerFreeSlots + this.freeSlotsHere())
         const reported = this.now - (this.reportedTo.get(peer.peerId) ?? -Infinity) < this.config.stealBackoffMs
@@ -528,9 +571,30 @@ export class Scheduler {
         }
       }
     }
-    this.peers.set(peer.peerId, peer)
-    if (peer.peerId !== this.config.selfId && this.buildableCount(peer.offers) > 0) this.offering.add(peer.peerId)
+    this.setPeer(peer, before)
+    if (other && (buildable ?? this.buildableCount(peer.offers)) > 0) this.offering.add(peer.peerId)
     else this.offering.delete(peer.peerId)
+  }
+
+  /** peers.set, keeping peerSpeeds. */
+  private setPeer (peer: PeerView, before = this.peers.get(peer.peerId)): void {
+    this.peers.set(peer.peerId, peer)
+    if (before?.speedFactor === peer.speedFactor) return
+    if (before !== undefined) this.uncountSpeed(before.speedFactor)
+    this.peerSpeeds.set(peer.speedFactor, (this.peerSpeeds.get(peer.speedFactor) ?? 0) + 1)
+  }
+
+  /** peers.delete, keeping peerSpeeds. */
+  private deletePeer (peerId: string): void {
+    const before = this.peers.get(peerId)
+    if (before !== undefined) this.uncountSpeed(before.speedFactor)
+    this.peers.delete(peerId)
+  }
+
+  private uncountSpeed (speed: number): void {
+    const n = (this.peerSpeeds.get(speed) ?? 0) - 1
+    if (n > 0) this.peerSpeeds.set(speed, n)
+    else this.peerSpeeds.delete(speed)
   }
 
   private onPeerLost (peerId: string): void {
@@ -539,7 +603,7 @@ export class Scheduler {
       this.peerFreeSlots -= freeSlots(before)
       this.peerCapacity -= before.maxJobs * before.speedFactor
     }
-    this.peers.delete(peerId)
+    this.deletePeer(peerId)
     this.offering.delete(peerId)
     this.emptyInARow.delete(peerId)
     this.reportedTo.delete(peerId)
@@ -563,9 +627,11 @@ export class Scheduler {
     // The owner's next beacon will count these slots; until then other owners come first here
     // (a copy: the view may be shared with whoever delivered it).
     const view = this.peers.get(from)
-    if (view !== undefined) this.peers.set(from, { ...view, ownerSlots: (view.ownerSlots ?? 0) + items.length })
+    if (view !== undefined) this.setPeer({ ...view, ownerSlots: (view.ownerSlots ?? 0) + items.length })
     for (const item of items) {
       this.running.set(runKey(item.owner, item.drvPath), { item, lastRenew: this.now, lastAck: this.now })
+      this.runningSize = this.running.size
+      if (item.owner !== this.config.selfId) this.runningCheckAt = Math.min(this.runningCheckAt, this.now + this.config.leaseMs / 3 - 1)
       this.out.push({ type: 'build', item })
     }
   }
@@ -589,7 +655,7 @@ export class Scheduler {
   }
 
   private freeSlotsHere (): number {
-    return Math.max(0, this.config.maxJobs - this.running.size)
+    return Math.max(0, this.maxJobs - this.runningSize)
   }
 
   /** How many of the offered jobs this node could build. */
@@ -601,7 +667,10 @@ export class Scheduler {
 
   private onLeaseLost (owner: string, drvPaths: string[]): void {
     for (const p of drvPaths) {
-      if (this.running.delete(runKey(owner, p))) this.out.push({ type: 'abort', owner, drvPath: p, reason: `${owner} says the lease lapsed` })
+      if (this.running.delete(runKey(owner, p))) {
+        this.runningSize = this.running.size
+        this.out.push({ type: 'abort', owner, drvPath: p, reason: `${owner} says the lease lapsed` })
+      }
     }
   }
 
@@ -614,6 +683,7 @@ export class Scheduler {
 
   private onBuildFinished (owner: string, drvPath: string, outcome: BuildOutcome): void {
     if (!this.running.delete(runKey(owner, drvPath))) return
+    this.runningSize = this.running.size
     if (owner !== this.config.selfId) {
       this.reportedTo.set(owner, this.now)
       this.out.push({ type: 'report', owner, drvPath, outcome })
@@ -629,39 +699,63 @@ export class Scheduler {
   // --- both --------------------------------------------------------------------------------
 
   private onTick (): void {
+    if (this.now >= this.leaseCheckAt) this.checkLeases()
+    if (this.now >= this.runningCheckAt) this.checkRunning()
+  }
+
+  /** Fails the jobs whose peer's lease lapsed, and finds when the next one can. */
+  private checkLeases (): void {
     for (const drvPath of this.leased) {
       const job = this.jobs.get(drvPath)
       if (job?.state === 'leased' && job.worker !== this.config.selfId && (job.leaseExpires ?? Infinity) <= this.now) {
         this.fail(job, { kind: 'transient', message: `lease held by ${job.worker ?? '?'} lapsed` })
       }
     }
+    let next = Infinity
+    for (const drvPath of this.leased) {
+      const job = this.jobs.get(drvPath)
+      if (job?.state === 'leased' && job.worker !== this.config.selfId) next = Math.min(next, job.leaseExpires ?? Infinity)
+    }
+    this.leaseCheckAt = next
+  }
+
+  /** Aborts stolen builds whose lease nobody confirmed, renews the others' when due, and finds when next to look. */
+  private checkRunning (): void {
     // A stolen build whose lease nobody confirmed for a whole lease (this node was stopped, or
     // cut off from the owner) has been handed to another peer by now: stop it rather than run
-    // two copies; the owner drops a late result anyway.
+    // two copies; the owner drops a late result anyway. The others' renewals are sent after
+    // the aborts, by owner. One pass does both and finds when next to look.
+    let due: Map<string, string[]> | undefined
+    let next = Infinity
+    const leaseMs = this.config.leaseMs
     for (const [key, r] of this.running) {
-      if (r.item.owner === this.config.selfId || this.now - r.lastAck < this.config.leaseMs) continue
-      this.running.delete(key)
-      this.out.push({ type: 'abort', owner: r.item.owner, drvPath: r.item.drvPath, reason: `no renewal confirmed for ${this.now - r.lastAck} ms, longer than the lease` })
+      if (r.item.owner === this.selfId) continue
+      if (!(this.now - r.lastAck < leaseMs)) {
+        this.running.delete(key)
+        this.runningSize = this.running.size
+        this.out.push({ type: 'abort', owner: r.item.owner, drvPath: r.item.drvPath, reason: `no renewal confirmed for ${this.now - r.lastAck} ms, longer than the lease` })
+        continue
+      }
+      if (!(this.now - r.lastRenew < leaseMs / 3)) {
+        r.lastRenew = this.now
+        due ??= new Map()
+        const list = due.get(r.item.owner)
+        if (list === undefined) due.set(r.item.owner, [r.item.drvPath])
+        else list.push(r.item.drvPath)
+      }
+      next = Math.min(next, r.lastAck + leaseMs - 1, r.lastRenew + leaseMs / 3 - 1)
     }
-    const due = new Map<string, string[]>()
-    for (const r of this.running.values()) {
-      if (r.item.owner === this.config.selfId) continue
-      if (this.now - r.lastRenew < this.config.leaseMs / 3) continue
-      r.lastRenew = this.now
-      const list = due.get(r.item.owner) ?? []
-      list.push(r.item.drvPath)
-      due.set(r.item.owner, list)
-    }
-    for (const [owner, drvPaths] of due) this.out.push({ type: 'renew', owner, drvPaths })
+    if (due !== undefined) for (const [owner, drvPaths] of due) this.out.push({ type: 'renew', owner, drvPaths })
+    this.runningCheckAt = next
   }
 
   /** Fills free slots: own ready jobs first, then one steal request to the best victim. */
   private schedule (): void {
     this.reviewClaims()
     if (this.diskLow) return
-    let free = this.config.maxJobs - this.running.size
+    let free = this.maxJobs - this.runningSize
     if (free <= 0) return
-    const mine = this.pick(this.buildableHere(), free, this.config.speedFactor, this.config.selfId)
+    const mine = this.readyOrder.size === 0 ? NO_JOBS : this.pick(this.buildableHere(), free, this.config.speedFactor, this.config.selfId)
     for (const job of mine) {
       job.state = 'leased'
       job.worker = this.config.selfId
@@ -669,6 +763,7 @@ export class Scheduler {
       this.changed(job)
       const item = this.workItem(job)
       this.running.set(runKey(item.owner, item.drvPath), { item, lastRenew: this.now, lastAck: this.now })
+      this.runningSize = this.running.size
       this.out.push({ type: 'build', item })
       free--
     }
@@ -692,11 +787,12 @@ export class Scheduler {
     let faster: Array<{ capabilities: MachineCapabilities, free: number }> | undefined
     let kept = 0
     let horizon: number | undefined
-    const fastest = new Map<string, number>()
+    let fastest: Map<string, number> | undefined
     for (const job of ordered) {
       if (out.length >= limit) break
       if (speed !== undefined && job.estimatedMs !== undefined) {
         horizon ??= this.horizonMs()
+        fastest ??= new Map()
         if (this.heldForFaster(job, speed, horizon, fastest)) continue
       }
       if (speed !== undefined && this.now - (this.readySince.get(job.drvPath) ?? -Infinity) < FASTER_HOLD_MS) {
@@ -715,10 +811,16 @@ export class Scheduler {
    * fastest speed known, or its estimated work spread over the mesh's capacity, the later.
    */
   private horizonMs (): number {
+    // The first job has the longest path of its priority; the walk went one job past that.
     let top = 0
-    for (const j of this.readyOrder) { top = Math.max(top, j.criticalPath); if (j.priority !== this.readyOrder[0]?.priority) break }
+    const head = this.readyOrder.first()
+    if (head !== undefined) {
+      top = Math.max(top, head.job.criticalPath)
+      const next = this.readyOrder.firstAfterPriority(head.priority)
+      if (next !== undefined) top = Math.max(top, next.job.criticalPath)
+    }
     let fastest = this.config.speedFactor
-    for (const p of this.peers.values()) fastest = Math.max(fastest, p.speedFactor)
+    for (const speed of this.peerSpeeds.keys()) fastest = Math.max(fastest, speed)
     const capacity = this.peerCapacity + this.config.maxJobs * this.config.speedFactor
     return Math.max(top / Math.max(fastest, 0.001), this.estimatedLeftMs / Math.max(capacity, 0.001))
   }
@@ -777,6 +879,7 @@ export class Scheduler {
    * share (fair-share.ts), then the most loaded relative to its speed, then a seeded coin.
    */
   private chooseVictim (): string | undefined {
+    if (this.offering.size === 0) return undefined
     let best: string[] = []
     let bestUse = Infinity
     let bestScore = -Infinity
@@ -859,7 +962,9 @@ export class Scheduler {
 
   private succeed (job: Job, builtBy: string): void {
     job.state = 'built'
+    this.unindexBuilder(job)
     job.builtBy = builtBy
+    this.indexBuilder(job)
     delete job.worker
     delete job.leaseExpires
     delete job.failure
@@ -938,7 +1043,9 @@ export class Scheduler {
   private addJob (job: Job): void {
     const before = this.jobs.get(job.drvPath)
     if (before !== undefined && this.estimatedLeft.delete(job.drvPath)) this.estimatedLeftMs -= before.estimatedMs ?? 0
+    if (before !== undefined) this.unindexBuilder(before)
     this.jobs.set(job.drvPath, job)
+    this.indexBuilder(job)
     this.countEstimate(job)
     if (!this.order.has(job.drvPath)) this.order.set(job.drvPath, this.order.size)
     for (const input of job.inputJobs) {
@@ -948,59 +1055,122 @@ export class Scheduler {
     }
   }
 
+  /** Counts `job`'s builder (after it is set, or the job recorded) in the affinity of its ready dependents. */
+  private indexBuilder (job: Job): void {
+    if (job.builtBy === undefined) return
+    for (const d of this.readyDependents.get(job.drvPath) ?? []) this.addAffinity(job.builtBy, this.readyEntry(d), occurrences(d.inputJobs, job.drvPath))
+  }
+
+  /** Uncounts `job`'s builder (before it changes, or the job is replaced). */
+  private unindexBuilder (job: Job): void {
+    if (job.builtBy === undefined) return
+    for (const d of this.readyDependents.get(job.drvPath) ?? []) this.addAffinity(job.builtBy, this.readyEntry(d), -occurrences(d.inputJobs, job.drvPath))
+  }
+
+  /** The entry of `job` in readyOrder (readyDependents holds only jobs in it). */
+  private readyEntry (job: Job): ReadyEntry {
+    const e = this.readyOrder.get(job.drvPath)
+    if (e?.job !== job) throw new Error(`readyDependents holds ${job.drvPath}, which is not in readyOrder`)
+    return e
+  }
+
+  /** Adds `n` to the affinity of `peer` to the job of `e` (an entry of readyOrder, or one just taken out). */
+  private addAffinity (peer: string, e: ReadyEntry, n: number): void {
+    if (n === 0) return
+    let byPriority = this.affinity.get(peer)
+    if (byPriority === undefined) { byPriority = new Map(); this.affinity.set(peer, byPriority) }
+    let byPath = byPriority.get(e.priority)
+    if (byPath === undefined) { byPath = new Map(); byPriority.set(e.priority, byPath) }
+    let jobs = byPath.get(e.criticalPath)
+    if (jobs === undefined) { jobs = new Map(); byPath.set(e.criticalPath, jobs) }
+    const count = (jobs.get(e) ?? 0) + n
+    if (count > 0) { jobs.set(e, count); return }
+    jobs.delete(e)
+    if (jobs.size > 0) return
+    byPath.delete(e.criticalPath)
+    if (byPath.size > 0) return
+    byPriority.delete(e.priority)
+    if (byPriority.size === 0) this.affinity.delete(peer)
+  }
+
   private orderOf (job: Job): number { return this.order.get(job.drvPath) ?? 0 }
 
   /** Ready jobs this node may build itself, most urgent first (a lazy walk of readyOrder). */
   private * buildableHere (): Generator<Job> {
-    for (const j of this.readyOrder) if (canBuild(this.config.capabilities, j) && this.mayBuild(j, this.config.selfId)) yield j
+    for (const e of this.readyOrder) if (canBuild(this.config.capabilities, e.job) && this.mayBuild(e.job, this.config.selfId)) yield e.job
   }
 
   /**
    * Ready jobs a thief may be granted, in grant order: readyOrder, with each run of equal
-   * priority and path put in order of the inputs the thief built (most first), stably.
+   * priority and path put in order of the inputs the thief built (most first), stably. The jobs
+   * with any such input come from the index (affinity), so a run is walked lazily, not sorted
+   * whole.
    */
   private * stealOrder (capabilities: MachineCapabilities, from: string): Generator<Job> {
-    const order = this.readyOrder
-    let i = 0
-    while (i < order.length) {
-      const head = order[i] as Job
-      let end = i + 1
-      while (end < order.length && (order[end] as Job).priority === head.priority && (order[end] as Job).criticalPath === head.criticalPath) end++
-      const run = order.slice(i, end).filter(j => canBuild(capabilities, j) && this.mayBuild(j, from))
-      i = end
-      if (run.length > 1) {
-        const affinity = new Map(run.map(j => [j, j.inputJobs.filter(x => this.jobs.get(x)?.builtBy === from).length]))
-        run.sort((a, b) => (affinity.get(b) ?? 0) - (affinity.get(a) ?? 0))
+    const affine = this.affinity.get(from)
+    let head: ReadyEntry | undefined
+    let first: Map<ReadyEntry, number> | undefined
+    for (const e of this.readyOrder) {
+      if (head === undefined || e.priority !== head.priority || e.criticalPath !== head.criticalPath) {
+        head = e
+        first = affine?.get(head.priority)?.get(head.criticalPath)
+        // Most inputs first, then first known: taken from a heap, as far as the grant reads.
+        if (first !== undefined) {
+          const heap = new AffinityHeap(first)
+          for (let a = heap.pop(); a !== undefined; a = heap.pop()) if (canBuild(capabilities, a.job) && this.mayBuild(a.job, from)) yield a.job
+        }
       }
-      yield * run
+      if (first?.has(e) === true) continue
+      if (canBuild(capabilities, e.job) && this.mayBuild(e.job, from)) yield e.job
     }
-  }
-
-  /** Where `job` goes in readyOrder (binary search by its key). */
-  private readyIndex (job: Job): number {
-    const key = (j: Job): [number, number, number] => [j.priority, -j.criticalPath, this.orderOf(j)]
-    const [p, c, o] = key(job)
-    let lo = 0
-    let hi = this.readyOrder.length
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1
-      const [mp, mc, mo] = key(this.readyOrder[mid] as Job)
-      if (mp < p || (mp === p && (mc < c || (mc === c && mo < o)))) lo = mid + 1
-      else hi = mid
-    }
-    return lo
   }
 
   /** Takes `job` out of readyOrder and, if ready, puts it back where its key says (it may have changed). */
   private reorder (job: Job): void {
-    if (this.inReadyOrder.delete(job.drvPath)) {
-      const at = this.readyOrder.findIndex(j => j.drvPath === job.drvPath)
-      if (at >= 0) this.readyOrder.splice(at, 1)
-    }
+    const was = this.readyOrder.remove(job.drvPath)
+    if (was !== undefined) this.leftReady(was)
     if (job.state === 'ready') {
-      this.readyOrder.splice(this.readyIndex(job), 0, job)
-      this.inReadyOrder.add(job.drvPath)
+      const e: ReadyEntry = { job, priority: job.priority, criticalPath: job.criticalPath, order: this.orderOf(job) }
+      this.readyOrder.insert(e)
+      this.enteredReady(e)
     }
+  }
+
+  /** Keeps the indexes of the jobs in readyOrder: readyDependents, affinity and readyGroups. */
+  private enteredReady (e: ReadyEntry): void {
+    const job = e.job
+    for (const input of job.inputJobs) {
+      const set = this.readyDependents.get(input)
+      if (set === undefined) this.readyDependents.set(input, new Set([job]))
+      else set.add(job)
+      const by = this.jobs.get(input)?.builtBy
+      if (by !== undefined) this.addAffinity(by, e, 1)
+    }
+    const key = requirementsKey(job)
+    const features = [...job.requiredFeatures].sort()
+    const g = this.readyGroups.get(key)
+    if (g === undefined) this.readyGroups.set(key, { system: job.system, requiredFeatures: features, count: 1 })
+    else {
+      g.count++
+      if (g.system !== job.system || !sameList(g.requiredFeatures, features)) this.readyGroupsAmbiguous = true
+    }
+  }
+
+  /** Called with the entry just taken out of readyOrder (its key places it in affinity). */
+  private leftReady (e: ReadyEntry): void {
+    const job = e.job
+    for (const input of job.inputJobs) {
+      const by = this.jobs.get(input)?.builtBy
+      if (by !== undefined) this.addAffinity(by, e, -1)
+      const set = this.readyDependents.get(input)
+      if (set === undefined) continue
+      set.delete(job)
+      if (set.size === 0) this.readyDependents.delete(input)
+    }
+    const key = requirementsKey(job)
+    const g = this.readyGroups.get(key)
+    if (g === undefined) return
+    if (--g.count <= 0) this.readyGroups.delete(key)
   }
 
   /** The ready jobs (readySince holds exactly them), unordered: every caller sorts, ties by orderOf. */
@@ -1078,10 +1248,11 @@ export class Scheduler {
   private peerClaims (peerId: string, claims: Claims | undefined): void {
     // No claims now (its last offer had none): what it claimed before is remembered in claimedBy.
     if (claims === undefined || (claims.open.length === 0 && claims.started.length === 0)) {
-      this.claimsByPeer.delete(peerId)
+      if (this.claimsSeen) this.claimsByPeer.delete(peerId)
       return
     }
     this.claimsByPeer.set(peerId, { open: new Set(claims.open), started: new Set(claims.started) })
+    this.claimsSeen = true
     for (const key of [...claims.open, ...claims.started]) {
       const drvPath = this.byClaimKey.get(key)
       const job = drvPath === undefined ? undefined : this.jobs.get(drvPath)
@@ -1097,7 +1268,10 @@ export class Scheduler {
    * this node builds the job.
    */
   private reviewClaims (): void {
-    for (const [drvPath, until] of this.claimHold) if (this.now >= until || this.jobs.get(drvPath)?.state !== 'ready') this.claimHold.delete(drvPath)
+    if (!this.claimsSeen) return
+    if (this.claimHold.size > 0) {
+      for (const [drvPath, until] of this.claimHold) if (this.now >= until || this.jobs.get(drvPath)?.state !== 'ready') this.claimHold.delete(drvPath)
+    }
     if (this.claimsByPeer.size === 0 && this.deferredTo.size === 0 && this.claimedBy.size === 0) return
     for (const drvPath of this.readySince.keys()) {
       const job = this.jobs.get(drvPath)
@@ -1153,9 +1327,171 @@ export class Scheduler {
     else if (!this.readySince.has(job.drvPath)) this.readySince.set(job.drvPath, this.now)
     if (job.state === 'leased') this.leased.add(job.drvPath)
     else this.leased.delete(job.drvPath)
-    if (job.state === 'ready' || this.inReadyOrder.has(job.drvPath)) this.reorder(job)
+    if (job.state === 'ready' || this.readyOrder.has(job.drvPath)) this.reorder(job)
     this.out.push({ type: 'job-changed', job: { ...job } })
   }
+}
+
+/** A ready job and the key it was placed by (priority, then longest path, then first known). */
+interface ReadyEntry {
+  job: Job
+  priority: number
+  criticalPath: number
+  order: number
+}
+
+/** Whether `a` goes before `b` in readyOrder: the comparison readyOrder was first sorted by. */
+function readyBefore (a: ReadyEntry, b: ReadyEntry): boolean {
+  const ac = -a.criticalPath
+  const bc = -b.criticalPath
+  return a.priority < b.priority || (a.priority === b.priority && (ac < bc || (ac === bc && a.order < b.order)))
+}
+
+/** A job in readyOrder and how many of its inputs a thief built. */
+interface Affine {
+  entry: ReadyEntry
+  count: number
+}
+
+/** A run's jobs with inputs a thief built, most such inputs first, then by first known. */
+class AffinityHeap {
+  private readonly h: Affine[] = []
+
+  constructor (counts: ReadonlyMap<ReadyEntry, number>) {
+    for (const [entry, count] of counts) this.h.push({ entry, count })
+    for (let i = (this.h.length >> 1) - 1; i >= 0; i--) this.down(i)
+  }
+
+  pop (): ReadyEntry | undefined {
+    const h = this.h
+    const top = h[0]
+    if (top === undefined) return undefined
+    const last = h.pop() as Affine
+    if (h.length > 0) { h[0] = last; this.down(0) }
+    return top.entry
+  }
+
+  private down (i: number): void {
+    const h = this.h
+    const x = h[i] as Affine
+    for (;;) {
+      const l = 2 * i + 1
+      if (l >= h.length) break
+      const r = l + 1
+      const c = r < h.length && affineBefore(h[r] as Affine, h[l] as Affine) ? r : l
+      const child = h[c] as Affine
+      if (!affineBefore(child, x)) break
+      h[i] = child
+      i = c
+    }
+    h[i] = x
+  }
+}
+
+function affineBefore (a: Affine, b: Affine): boolean {
+  return a.count > b.count || (a.count === b.count && a.entry.order < b.entry.order)
+}
+
+/** Entries per chunk of a ReadyQueue before it is split in two. */
+const READY_CHUNK = 1024
+
+/**
+ * The ready jobs in order, as a list of sorted chunks: an insert or a removal costs a binary
+ * search and a splice of one chunk, not of every ready job (50,000 of them in a big submission).
+ */
+class ReadyQueue {
+  private chunks: ReadyEntry[][] = []
+  private readonly entries = new Map<string, ReadyEntry>()
+  /** entries.size, read on every event: a field, not a lookup through the map. */
+  private count = 0
+
+  get size (): number { return this.count }
+
+  has (drvPath: string): boolean { return this.entries.has(drvPath) }
+
+  get (drvPath: string): ReadyEntry | undefined { return this.entries.get(drvPath) }
+
+  first (): ReadyEntry | undefined { return this.chunks[0]?.[0] }
+
+  /** The first entry of another priority than the first's (the priorities come in order). */
+  firstAfterPriority (priority: number): ReadyEntry | undefined {
+    const chunks = this.chunks
+    let lo = 0
+    let hi = chunks.length
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      const c = chunks[mid] as ReadyEntry[]
+      if ((c[c.length - 1] as ReadyEntry).priority === priority) lo = mid + 1
+      else hi = mid
+    }
+    const c = chunks[lo]
+    if (c === undefined) return undefined
+    for (const e of c) if (e.priority !== priority) return e
+    return undefined
+  }
+
+  insert (e: ReadyEntry): void {
+    this.entries.set(e.job.drvPath, e)
+    this.count = this.entries.size
+    const chunks = this.chunks
+    if (chunks.length === 0) { chunks.push([e]); return }
+    const ci = Math.min(this.chunkOf(e), chunks.length - 1)
+    const c = chunks[ci] as ReadyEntry[]
+    c.splice(lowerBound(c, e), 0, e)
+    if (c.length > 2 * READY_CHUNK) chunks.splice(ci + 1, 0, c.splice(READY_CHUNK))
+  }
+
+  /** Removes the entry of `drvPath` and returns it; undefined if it had none. */
+  remove (drvPath: string): ReadyEntry | undefined {
+    const e = this.entries.get(drvPath)
+    if (e === undefined) return undefined
+    this.entries.delete(drvPath)
+    this.count = this.entries.size
+    const ci = this.chunkOf(e)
+    const c = this.chunks[ci] as ReadyEntry[]
+    const at = lowerBound(c, e)
+    if (c[at] !== e) throw new Error(`readyOrder lost ${drvPath}`)
+    c.splice(at, 1)
+    if (c.length === 0) this.chunks.splice(ci, 1)
+    return e
+  }
+
+  * [Symbol.iterator] (): Generator<ReadyEntry> {
+    for (const c of this.chunks) yield * c
+  }
+
+  /** The first chunk whose last entry does not go before `e` (chunks.length if none). */
+  private chunkOf (e: ReadyEntry): number {
+    const chunks = this.chunks
+    let lo = 0
+    let hi = chunks.length
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      const c = chunks[mid] as ReadyEntry[]
+      if (readyBefore(c[c.length - 1] as ReadyEntry, e)) lo = mid + 1
+      else hi = mid
+    }
+    return lo
+  }
+}
+
+/** The first index of `c` whose entry does not go before `e`. */
+function lowerBound (c: ReadyEntry[], e: ReadyEntry): number {
+  let lo = 0
+  let hi = c.length
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1
+    if (readyBefore(c[mid] as ReadyEntry, e)) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
+/** How often `x` is in `list`. */
+function occurrences (list: readonly string[], x: string): number {
+  let n = 0
+  for (const y of list) if (y === x) n++
+  return n
 }
 
 function runKey (owner: string, drvPath: string): string {
