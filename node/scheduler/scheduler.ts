@@ -555,17 +555,22 @@ export class Scheduler {
     // nodes would send N requests for every job made ready. So only growth counts (a shrinking
     // offer is others' steals), and a thief ends its back-off with the chance that its slots are
     // among the 2 × growth that all the free slots the peers announce would need to take it.
-    // A thief that just reported a build to this owner asks at its next growth in any case: that
-    // is likely the job's dependent, whose input it holds (once per report, so still O(1) a job).
+    // A thief that just reported a build to this owner asks at its next beacon offering work it
+    // can build, grown or not: that is likely the job's dependent, whose input it holds (once per
+    // report, so still O(1) a job). Waiting for growth missed it in chains, where the dependent
+    // appears as another thief takes a job (simulator, chain 2,000 × 30: hops of 0.25–1 s).
     const backedOff = (this.stealBackoff.get(peer.peerId) ?? 0) > this.now
     let buildable: number | undefined
     if (before !== undefined && backedOff) {
       buildable = this.buildableCount(peer.offers)
       const growth = buildable - this.buildableCount(before.offers)
-      if (growth > 0) {
+      const reported = this.now - (this.reportedTo.get(peer.peerId) ?? -Infinity) < this.config.stealBackoffMs
+      if (reported && buildable > 0) {
+        this.stealBackoff.delete(peer.peerId)
+        this.reportedTo.delete(peer.peerId)
+      } else if (growth > 0) {
         const free = Math.max(1, this.peerFreeSlots + this.freeSlotsHere())
-        const reported = this.now - (this.reportedTo.get(peer.peerId) ?? -Infinity) < this.config.stealBackoffMs
-        if (reported || this.random() < (2 * growth) / free) {
+        if (this.random() < (2 * growth) / free) {
           this.stealBackoff.delete(peer.peerId)
           this.reportedTo.delete(peer.peerId)
         }

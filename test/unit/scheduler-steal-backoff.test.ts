@@ -136,6 +136,21 @@ describe('scheduler steal back-off', () => {
     assert.deepEqual(run(false), [], 'a thief that built nothing for the owner was woken too')
   })
 
+  it('a thief that just reported asks at the owner\'s next beacon offering work, even one whose offer did not grow', () => {
+    // In a chain the dependent becomes ready as another thief takes a job: the count stays the
+    // same, yet the reporter holds the dependent's input (it waited up to a back-off before).
+    const item = { owner: 'o', drvPath: '/nix/store/x.drv', outputs: { out: '/nix/store/x' }, system: 'x86_64-linux', requiredFeatures: [] }
+    const s = new Scheduler(config())
+    s.handle({ type: 'peer-seen', peer: peer('o', 3) }, 0)
+    s.handle({ type: 'steal-reply', from: 'o', items: [item] }, 1)
+    s.handle({ type: 'steal-reply', from: 'o', items: [] }, 2)
+    s.handle({ type: 'build-finished', owner: 'o', drvPath: item.drvPath, outcome: { ok: true, outputs: {} } }, 3)
+    assert.deepEqual(steals(s.handle({ type: 'peer-seen', peer: peer('o', 3) }, 4)), [{ type: 'steal', from: 'o', want: 1 }])
+    // Once per report: the next unchanged beacon leaves the back-off alone again.
+    s.handle({ type: 'steal-reply', from: 'o', items: [] }, 5)
+    assert.deepEqual(steals(s.handle({ type: 'peer-seen', peer: peer('o', 3) }, 6)), [])
+  })
+
   it('a shrinking offer never ends the back-off', () => {
     const s = new Scheduler(config())
     s.handle({ type: 'peer-seen', peer: peer('o', 5) }, 0)
