@@ -211,10 +211,9 @@ export async function run (): Promise<BenchRow[]> {
       '',
       markdownTable(pivot, ['workload', ...VARIANTS.map(v => v.label)]),
       '',
-      wrap('Each workload × policy, means over the seeds (messages: every message a node sends, a gossip publish counted once; steals: requests for work, central pull\'s polls included):'),
-      '',
-      wrap('"÷ tight bound": against a bound no schedule beats either, which adds to LB the wait for the head everything depends on ' +
-        '(bench/sim/lower-bound.ts: the longest chain to a job at the fastest speed, then the work of its descendants over all capacity).'),
+      wrap('Each workload × policy, means over the seeds (messages: every message a node sends, a gossip publish counted once; steals: requests for work, central pull\'s polls included; ' +
+        '"÷ tight bound": against a bound no schedule beats either, which adds to LB the wait for the head everything depends on, ' +
+        'bench/sim/lower-bound.ts: the longest chain to a job at the fastest speed, then the work of its descendants over all capacity):'),
       '',
       markdownTable(policyRows, ['workload', 'policy', 'makespan ÷ LB', 'range', 'per seed', '÷ tight bound', 'makespan s', 'LB s', 'messages/job', 'steals/job', 'wall s']),
       ...(scaleRows.length > 0
