@@ -171,18 +171,7 @@ async function sleepDag (bench: MeshBench, nodes: BenchNode[], local: TestHost):
     mesh.push(m)
     ratios.push({ mesh: m.seconds, local: l, lb })
     process.stderr.write(`targets: sleep DAG run ${i + 1}: LB ${fmt(lb)} s (critical path ${fmt(criticalPath)}, work ${fmt(work)}), mesh ${fmt(m.seconds)} s (owner ${fmt(m.ownerSeconds)}), local ${fmt(l)} s\n`)
-    rows.push({
-      workload: `sleep DAG ${SLEEP_LAYERS}×${SLEEP_WIDTH}, 0–${SLEEP_MAX_S} s`,
-      run: i + 1,
-      'LB s': fmt(lb),
-      'mesh s': fmt(m.seconds),
-      'mesh (owner) s': fmt(m.ownerSeconds),
-      [`local -j ${SLOTS} s`]: fmt(l),
-      'mesh/LB': fmt(m.seconds / lb),
-      'owner/LB': fmt(m.ownerSeconds / lb),
-      'local/LB': fmt(l / lb),
-      'mesh/local': fmt(m.seconds / l)
-    })
+    rows.push(sleepRow(i + 1, lb, m, l))
   }
   rows.push({ workload: 'sleep DAG', run: 'median', 'mesh/LB': fmt(median(ratios.map(r => r.mesh / r.lb))), 'local/LB': fmt(median(ratios.map(r => r.local / r.lb))), 'mesh/local': fmt(median(ratios.map(r => r.mesh / r.local))), note: `built by ${whoBuilt(mesh)}` })
   if (last !== undefined) rows.push(await sleepRebuild(bench, nodes, local, last))
@@ -200,9 +189,14 @@ async function sleepRebuild (bench: MeshBench, nodes: BenchNode[], local: TestHo
   const m = await submitOnMesh(bench, nodes, drvsM)
   const l = await realiseLocally(local, drvsL)
   process.stderr.write(`targets: sleep DAG rebuilt with the history: LB ${fmt(lb)} s, mesh ${fmt(m.seconds)} s (owner ${fmt(m.ownerSeconds)}), local ${fmt(l)} s\n`)
+  return { ...sleepRow(`run ${RUNS} rebuilt, with build times`, lb, m, l), note: 'the same names: the owner knows every time' }
+}
+
+/** One sleep DAG run's row: the mesh and one host against LB. */
+function sleepRow (run: number | string, lb: number, m: MeshResult, l: number): BenchRow {
   return {
     workload: `sleep DAG ${SLEEP_LAYERS}×${SLEEP_WIDTH}, 0–${SLEEP_MAX_S} s`,
-    run: `run ${RUNS} rebuilt, with build times`,
+    run,
     'LB s': fmt(lb),
     'mesh s': fmt(m.seconds),
     'mesh (owner) s': fmt(m.ownerSeconds),
@@ -210,8 +204,7 @@ async function sleepRebuild (bench: MeshBench, nodes: BenchNode[], local: TestHo
     'mesh/LB': fmt(m.seconds / lb),
     'owner/LB': fmt(m.ownerSeconds / lb),
     'local/LB': fmt(l / lb),
-    'mesh/local': fmt(m.seconds / l),
-    note: 'the same names: the owner knows every time'
+    'mesh/local': fmt(m.seconds / l)
   }
 }
 
