@@ -816,14 +816,8 @@ export class Scheduler {
    * fastest speed known, or its estimated work spread over the mesh's capacity, the later.
    */
   private horizonMs (): number {
-    // The first job has the longest path of its priority; the walk went one job past that.
-    let top = 0
-    const head = this.readyOrder.first()
-    if (head !== undefined) {
-      top = Math.max(top, head.job.criticalPath)
-      const next = this.readyOrder.firstAfterPriority(head.priority)
-      if (next !== undefined) top = Math.max(top, next.job.criticalPath)
-    }
+    // The first ready job has the longest path of the most urgent priority.
+    const top = this.readyOrder.first()?.job.criticalPath ?? 0
     let fastest = this.config.speedFactor
     for (const speed of this.peerSpeeds.keys()) fastest = Math.max(fastest, speed)
     const capacity = this.peerCapacity + this.config.maxJobs * this.config.speedFactor
@@ -1417,23 +1411,6 @@ class ReadyQueue {
   get (drvPath: string): ReadyEntry | undefined { return this.entries.get(drvPath) }
 
   first (): ReadyEntry | undefined { return this.chunks[0]?.[0] }
-
-  /** The first entry of another priority than the first's (the priorities come in order). */
-  firstAfterPriority (priority: number): ReadyEntry | undefined {
-    const chunks = this.chunks
-    let lo = 0
-    let hi = chunks.length
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1
-      const c = chunks[mid] as ReadyEntry[]
-      if ((c[c.length - 1] as ReadyEntry).priority === priority) lo = mid + 1
-      else hi = mid
-    }
-    const c = chunks[lo]
-    if (c === undefined) return undefined
-    for (const e of c) if (e.priority !== priority) return e
-    return undefined
-  }
 
   insert (e: ReadyEntry): void {
     this.entries.set(e.job.drvPath, e)
