@@ -163,9 +163,15 @@ function estimateOf (j: SimJob, e: Estimates, seed: number): number {
   if (e.kind === 'exact') return j.workMs
   // One draw per job from its own stream, so an estimate does not depend on the order asked.
   const r = seededRandom((Math.imul(seed ^ 0x68e31da4, 2654435761) + j.index * 40503) >>> 0)
-  const u = Math.max(r(), 1e-12)
-  const z = Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * r())
-  return Math.round(j.workMs * Math.exp(e.sigma * z))
+  return Math.round(logNormal(r, j.workMs, e.sigma))
+}
+
+/** A log-normal draw with this median (Box–Muller, two draws of `random`). */
+function logNormal (random: () => number, median: number, sigma: number): number {
+  const u = Math.max(random(), 1e-12)
+  const v = random()
+  const z = Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v)
+  return median * Math.exp(sigma * z)
 }
 
 class Generator {
@@ -206,10 +212,7 @@ class Generator {
 
   /** A log-normal draw with this median: the heavy tail of build times and sizes. */
   logNormal (median: number, sigma: number): number {
-    const u = Math.max(this.random(), 1e-12)
-    const v = this.random()
-    const z = Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v)
-    return median * Math.exp(sigma * z)
+    return logNormal(this.random, median, sigma)
   }
 
   private hash (): string {
